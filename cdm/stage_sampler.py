@@ -1,0 +1,88 @@
+"""Sampling one stage of a cascade: the compiled function shared by training grids and the cascade.
+
+A stage sampler maps ``(params, key, labels, low_res, aug_level)`` to images in [-1, 1]. For an SR
+stage, ``low_res`` is the previous stage's output in [-1, 1]:
+  * non-truncated conditioning augmentation: ``aug_level = s`` and ``low_res`` is a clean z_0, which
+    is corrupted here with q(z_s | z_0) of the augmentation schedule;
+  * truncated: the previous stage stopped its chain at step s, so ``low_res`` already is z_s and only
+    the level is embedded (``low_res_is_noisy=True``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from cdm.diffusion import augment as augment_lib
+from cdm.diffusion import gaussian
+from cdm.diffusion import sampling
+
+
+def null_label(config) -> int:
+  """Class id of the classifier-free-guidance null class (one past the dataset's classes)."""
+  return int(config.data.num_classes)
+
+
+def make_stage_sampler(config, model, *, num_steps=None, sampler=None, eta=None, clip_denoised=None,
+                       dynamic_threshold=None, guidance_scale=None, stop_at=0,
+                       low_res_is_noisy=False):
+  """Returns a jitted ``sample(params, key, labels, low_res=None, aug_level=0) -> images``.
+
+  Unset keyword arguments default to the stage's ``config.sample`` fields. ``stop_at`` (1-indexed
+  step of the stage's training schedule, 0 = full chain) returns z_s instead of x_0 (truncated
+  augmentation). The output has the stage's shape ``(B, image_size, image_size, channels)``.
+  """
+  s = config.sample
+  num_steps = s.num_steps if num_steps is None else num_steps
+  sampler = s.sampler if sampler is None else sampler
+  eta = s.eta if eta is None else eta
+  clip_denoised = s.clip_denoised if clip_denoised is None else clip_denoised
+  dynamic_threshold = s.dynamic_threshold if dynamic_threshold is None else dynamic_threshold
+  guidance_scale = s.guidance_scale if guidance_scale is None else guidance_scale
+  respacing = str(num_steps)
+  if sampler == "ddim" and not respacing.startswith("ddim"):
+    respacing = f"ddim{num_steps}"
+  diffusion = gaussian.create_diffusion(config.diffusion, timestep_respacing=respacing)
+  size, channels = config.data.image_size, config.data.channels
+  is_sr = bool(config.data.low_res_size)
+  conditional = bool(config.model.class_conditional)
+
+  def sample(params, key, labels, low_res=None, aug_level=0):
+    k_aug, k_sample = jax.random.split(key)
+    batch = labels.shape[0]
+    level = None
+    if is_sr:
+      if low_res is None:
+        raise ValueError(f"stage {config.stage_name!r} is super-resolution: pass low_res.")
+      low_res = low_res.astype(jnp.float32)
+      levels = jnp.full((batch,), aug_level, jnp.int32)
+      if low_res_is_noisy:
+        level = augment_lib.level_for_model(levels, config.augment)
+      else:
+        low_res, level = augment_lib.augment_low_res(
+            k_aug, low_res, config.augment, train=False, level=levels)
+      if not config.model.aug_level_embedding:
+        level = None
+
+    def model_fn_y(x, t, y):
+      reps = x.shape[0] // batch  # 2 under classifier-free guidance (cond + null passes).
+      tile = lambda a: None if a is None else jnp.concatenate([a] * reps, axis=0)
+      return model.apply({"params": params}, x, t, y=y if conditional else None,
+                         low_res=tile(low_res), aug_level=tile(level), train=False)
+
+    if guidance_scale:
+      model_fn = sampling.classifier_free_guidance(
+          model_fn_y, labels, null_label(config), guidance_scale, channels)
+    else:
+      model_fn = functools.partial(_with_labels, model_fn_y, labels)
+    return sampling.sample_loop(
+        diffusion, model_fn, (batch, size, size, channels), k_sample, sampler=sampler, eta=eta,
+        clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold, stop_at=stop_at)
+
+  return jax.jit(sample)
+
+
+def _with_labels(model_fn_y, labels, x, t):
+  return model_fn_y(x, t, labels)
