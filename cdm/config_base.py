@@ -147,6 +147,7 @@ def apply_tiny(c: ml_collections.ConfigDict) -> None:
   c.model.num_res_blocks = 1
   c.model.num_head_channels = 16
   c.model.dropout = 0.0
+  c.model.dtype = "float32"  # bfloat16 is emulated (slow) on CPU
   smallest = c.data.image_size // 2 ** (levels - 1)
   c.model.attention_resolutions = (smallest,)
   c.data.num_classes = min(c.data.num_classes, 10)
@@ -229,4 +230,37 @@ def finalize(c: ml_collections.ConfigDict, variant: str = "") -> ml_collections.
                      "(--config=configs/<stage>.py:tiny).")
   validate(c)
   c.lock()
+  return c
+
+
+def imagenet_stage(image_size: int, low_res_size: int = 0) -> ml_collections.ConfigDict:
+  """Defaults shared by the paper's ImageNet stages (PAPER.md section 4).
+
+  Data: ``imagenet_resized/{32,64}x64`` when the stage's hi-res is 32 or 64 px (the low-res input is
+  derived from the same image), full ``imagenet2012`` (center crop, anti-aliased resize) above that.
+  All stages: class-conditional over 1000 classes, Adam lr 1e-4, EMA 0.9999, random flips.
+  """
+  c = stage_config()
+  d = c.data
+  d.dataset = (f"imagenet_resized/{image_size}x{image_size}" if image_size <= 64
+               else "imagenet2012")
+  d.eval_split = "validation"
+  d.image_size, d.low_res_size = image_size, low_res_size
+  d.channels = 3
+  d.crop = "center"
+  d.random_flip = True
+  d.num_classes = 1000
+  d.cache = False
+  d.shuffle_buffer = 50_000
+  c.model.num_head_channels = 64
+  c.model.use_new_attention_order = True
+  c.model.dtype = "bfloat16"
+  c.train.learning_rate = 1e-4
+  c.train.ema_decay = 0.9999
+  c.train.warmup_steps = 1000
+  c.train.log_every = 100
+  c.train.checkpoint_every = 5000
+  c.train.keep_every = 100_000
+  c.train.sample_every = 20_000
+  c.train.num_samples = 64
   return c

@@ -59,7 +59,7 @@ def make_stage_sampler(config, model, *, num_steps=None, sampler=None, eta=None,
       low_res = low_res.astype(jnp.float32)
       levels = jnp.full((batch,), aug_level, jnp.int32)
       if low_res_is_noisy:
-        level = augment_lib.level_for_model(levels, config.augment)
+        level = augment_lib.aug_level_for_model(levels, config.augment)
       else:
         low_res, level = augment_lib.augment_low_res(
             k_aug, low_res, config.augment, train=False, level=levels)
