@@ -29,7 +29,7 @@ setup(
         "absl-py>=2.1",
     ],
     extras_require={
-        "test": ["pytest>=8.0"],
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
         "torch": ["torch>=2.9"],  # only to read guided-diffusion .pt checkpoints
     },
 )

@@ -23,7 +23,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from cdm import checkpointing, images, sharding, stage_sampler
+from cdm import checkpointing, fileio, images, sharding, stage_sampler
 from cdm import models
 
 
@@ -53,7 +53,7 @@ def load_stage_params(entry, stage_config):
   if not path:
     raise ValueError(f"stage {stage_config.stage_name!r}: set its 'checkpoint' (a training "
                      "workdir or a cdm.models.convert output directory).")
-  if os.path.isdir(os.path.join(path, "checkpoints")) or os.path.basename(path) == "checkpoints":
+  if fileio.exists(fileio.join(path, "checkpoints")) or path.rstrip("/").endswith("checkpoints"):
     params, step = checkpointing.load_params(path, stage_config, use_ema=entry.use_ema)
     logging.info("Loaded %s params of %s at step %d.", "EMA" if entry.use_ema else "raw",
                  path, step)
@@ -87,7 +87,8 @@ class Cascade:
           clip_denoised=entry.clip_denoised, dynamic_threshold=entry.dynamic_threshold,
           guidance_scale=entry.guidance_scale, stop_at=stop_at,
           low_res_is_noisy=(i > 0 and entry.aug_form == "truncated"))
-      self.params[name] = (params or {}).get(name) or load_stage_params(entry, entry.config)
+      stage_params = (params or {}).get(name) or load_stage_params(entry, entry.config)
+      self.params[name] = jax.device_put(stage_params, sharding.replicated(self.mesh))
 
   def _check_chain(self):
     for prev, name in zip(self.order, self.order[1:]):
@@ -173,18 +174,15 @@ def run_cascade(casc: Cascade, labels: np.ndarray, *, batch_size: int, seed: int
 
 def write_stage_outputs(workdir: str, stage_images: dict, labels: np.ndarray, max_grid: int = 100):
   """``<stage>.npz`` and ``<stage>.png`` per stage under workdir/samples (process 0 writes)."""
-  out_dir = os.path.join(workdir, "samples")
+  out_dir = fileio.join(workdir, "samples")
   paths = {}
   if jax.process_index() != 0:
     return paths
-  os.makedirs(out_dir, exist_ok=True)
   for name, imgs in stage_images.items():
-    npz = os.path.join(out_dir, f"{name}.npz")
-    tmp = npz + ".tmp.npz"
-    np.savez(tmp, images=imgs, labels=labels[:len(imgs)])
-    os.replace(tmp, npz)
+    npz = fileio.save_npz(fileio.join(out_dir, f"{name}.npz"), images=imgs,
+                          labels=labels[:len(imgs)])
     grid = images.make_grid(imgs[:max_grid], ncols=10)
-    png = images.save_png(os.path.join(out_dir, f"{name}.png"), grid,
+    png = images.save_png(fileio.join(out_dir, f"{name}.png"), grid,
                           scale=max(1, 64 // imgs.shape[1]))
     paths[name] = (npz, png)
     logging.info("Stage %s: wrote %s and %s", name, npz, png)
@@ -193,16 +191,18 @@ def write_stage_outputs(workdir: str, stage_images: dict, labels: np.ndarray, ma
 
 def load_samples(path: str):
   """Reads an npz of samples (``images`` uint8 NHWC, ``labels``)."""
-  with np.load(path) as f:
-    if "images" not in f or "labels" not in f:
-      raise ValueError(f"{path}: expected arrays 'images' (uint8 NHWC) and 'labels'.")
-    return f["images"], f["labels"].astype(np.int32)
+  if not fileio.exists(path):
+    raise FileNotFoundError(f"samples file {path} does not exist.")
+  f = fileio.load_npz(path)
+  if "images" not in f or "labels" not in f:
+    raise ValueError(f"{path}: expected arrays 'images' (uint8 NHWC) and 'labels'.")
+  return f["images"], f["labels"].astype(np.int32)
 
 
 def sample_cascade(config, workdir: str, base_samples: str | None = None):
   """The ``--mode=sample`` job: samples the cascade and writes every stage's npz and grid."""
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = fileio.resolve(workdir)
+  fileio.makedirs(workdir)
   casc_order = list(config.order)
   start = None
   first_cfg = config.stages[casc_order[0]].config
@@ -224,5 +224,5 @@ def sample_cascade(config, workdir: str, base_samples: str | None = None):
   out = run_cascade(casc, labels, batch_size=config.batch_size, seed=config.seed,
                     start_images=start)
   write_stage_outputs(workdir, out, labels)
-  checkpointing.save_json(os.path.join(workdir, "cascade_config.json"), config.to_dict())
+  fileio.save_json(fileio.join(workdir, "cascade_config.json"), config.to_dict())
   return out, labels

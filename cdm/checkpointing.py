@@ -8,10 +8,11 @@ shapes; restoring into a different architecture is refused with the list of mism
 
 from __future__ import annotations
 
-import json
 import os
 
 import orbax.checkpoint as ocp
+
+from cdm import fileio
 
 # Config fields that determine the shapes (or meaning) of the parameters.
 ARCHITECTURE_FIELDS = {
@@ -62,7 +63,7 @@ class Checkpointer:
   """A thin wrapper of ``ocp.CheckpointManager`` for training runs."""
 
   def __init__(self, workdir: str, train_config, *, async_save: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = fileio.join(fileio.resolve(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=train_config.max_to_keep,
         keep_period=train_config.keep_every or None,
@@ -111,9 +112,10 @@ def load_params(path: str, config=None, *, use_ema: bool = True, step=None):
 
   Returns the EMA params by default. Checks the architecture against ``config`` when given.
   """
-  path = os.path.abspath(path)
-  ckpt_dir = path if os.path.basename(path) == "checkpoints" else os.path.join(path, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
+  path = fileio.resolve(path)
+  ckpt_dir = path if os.path.basename(path.rstrip("/")) == "checkpoints" else fileio.join(
+      path, "checkpoints")
+  if not fileio.exists(ckpt_dir):
     raise FileNotFoundError(
         f"no checkpoints under {path}: train the stage first (python -m cdm.main --config=... "
         f"--workdir={path}) or point the cascade config at its workdir.")
@@ -131,10 +133,4 @@ def load_params(path: str, config=None, *, use_ema: bool = True, step=None):
   return state[key], int(step)
 
 
-def save_json(path: str, obj) -> None:
-  """Atomic JSON write (temp file + rename)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=str)
-  os.replace(tmp, path)
+save_json = fileio.save_json

@@ -10,6 +10,7 @@ TensorBoard.
 
 from __future__ import annotations
 
+import io
 import os
 
 import jax
@@ -18,7 +19,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from clu import metric_writers
 
-from cdm import cascade, checkpointing, images, stage_sampler
+from cdm import cascade, fileio, images, stage_sampler
 from cdm import data as data_lib
 from cdm import models
 from cdm.evaluation import cas as cas_lib
@@ -79,17 +80,14 @@ class Evaluator:
     self.ref = self._reference()
 
   def _reference(self):
-    path = os.path.join(self.workdir, f"reference_{self.tag}_{self.cfg.features}.npz")
-    if os.path.exists(path):
-      with np.load(path) as f:
-        return {k: f[k] for k in f.files}
+    path = fileio.join(self.workdir, f"reference_{self.tag}_{self.cfg.features}.npz")
+    if fileio.exists(path):
+      return fileio.load_npz(path)
     feats = pipeline.extract_features(self.feature_fn, self.real["image"])
     mu, sigma = frechet.compute_statistics(feats["features"])
     ref = {"mu": mu, "sigma": sigma, "features": feats["features"][:10_000]}
     if jax.process_index() == 0:
-      tmp = path + ".tmp.npz"
-      np.savez(tmp, **ref)
-      os.replace(tmp, path)
+      fileio.save_npz(path, **ref)
     return ref
 
   def __call__(self, samples_uint8, labels, *, cas: bool | None = None) -> dict:
@@ -114,7 +112,7 @@ class Evaluator:
 
 
 def _write(workdir, name, results, step=0):
-  checkpointing.save_json(os.path.join(workdir, name), results)
+  fileio.save_json(fileio.join(workdir, name), results)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   flat = {}
   for key, value in results.items():
@@ -128,10 +126,10 @@ def _write(workdir, name, results, step=0):
 
 def evaluate_cascade(config, workdir: str) -> dict:
   """Evaluates the last stage's samples (``eval.samples`` or the workdir's, sampling if needed)."""
-  workdir = os.path.abspath(workdir)
+  workdir = fileio.resolve(workdir)
   last = list(config.order)[-1]
-  path = config.eval.samples or os.path.join(workdir, "samples", f"{last}.npz")
-  if not os.path.exists(path):
+  path = config.eval.samples or fileio.join(workdir, "samples", f"{last}.npz")
+  if not fileio.exists(path):
     if config.eval.samples:
       raise FileNotFoundError(f"eval.samples={path!r} does not exist.")
     logging.info("No samples at %s: sampling the cascade first.", path)
@@ -159,7 +157,7 @@ def _run_stage(sampler, params, labels, low_res, aug_level, *, batch_size, seed,
 
 def sweep(config, workdir: str) -> dict:
   """The paper's post-training search over the SR stage's conditioning-augmentation level s."""
-  workdir = os.path.abspath(workdir)
+  workdir = fileio.resolve(workdir)
   order = list(config.order)
   name = config.sweep.stage or order[-1]
   if name not in order or order.index(name) == 0:
@@ -222,10 +220,10 @@ def sweep(config, workdir: str) -> dict:
                      "num_steps": int(steps), **evaluator(out, gt_labels)})
         logging.info("sweep %s", rows[-1])
   results = {"stage": name, "rows": rows}
-  checkpointing.save_json(os.path.join(workdir, "sweep.json"), results)
+  fileio.save_json(fileio.join(workdir, "sweep.json"), results)
   if jax.process_index() == 0:
-    _write_table(os.path.join(workdir, "sweep.md"), rows)
-    _plot(os.path.join(workdir, "sweep.png"), rows)
+    _write_table(fileio.join(workdir, "sweep.md"), rows)
+    _plot(fileio.join(workdir, "sweep.png"), rows)
   return results
 
 
@@ -262,7 +260,7 @@ def _prefix(casc, idx):
 def _save_grid(workdir, tag, out):
   if jax.process_index() == 0:
     grid = images.make_grid(out[:100], ncols=10)
-    images.save_png(os.path.join(workdir, "sweep_samples", f"{tag}.png"), grid,
+    images.save_png(fileio.join(workdir, "sweep_samples", f"{tag}.png"), grid,
                     scale=max(1, 64 // out.shape[1]))
 
 
@@ -276,8 +274,7 @@ def _write_table(path, rows):
   for r in rows:
     lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, ""))
                                    for c in cols) + " |")
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
+  fileio.write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
 
 
 def _plot(path, rows):
@@ -298,5 +295,7 @@ def _plot(path, rows):
     ax.grid(alpha=0.3)
   axes[0][0].legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  buf = io.BytesIO()
+  fig.savefig(buf, dpi=120, format="png")
+  fileio.write_bytes_atomic(path, buf.getvalue())
   plt.close(fig)

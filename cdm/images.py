@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import math
-import os
 
 import numpy as np
+
+from cdm import fileio
 
 
 def to_float(images_uint8):
@@ -40,8 +42,6 @@ def save_png(path: str, image_uint8: np.ndarray, scale: int = 1) -> str:
     img = img.repeat(scale, 0).repeat(scale, 1)
   if img.shape[-1] == 1:
     img = img[..., 0]
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  Image.fromarray(img).save(tmp, format="PNG")
-  os.replace(tmp, path)
-  return path
+  buf = io.BytesIO()
+  Image.fromarray(img).save(buf, format="PNG")
+  return fileio.write_bytes_atomic(path, buf.getvalue())

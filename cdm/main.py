@@ -25,17 +25,26 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "sweep"],
 _BASE_SAMPLES = flags.DEFINE_string(
     "base_samples", None, "sample mode: start the cascade from this .npz of a previous stage's "
     "samples (uint8 images + labels) instead of sampling the first stage.")
+_MULTIHOST = flags.DEFINE_enum(
+    "multihost", "auto", ["auto", "true", "false"],
+    "Call jax.distributed.initialize(): auto = when a cluster (TPU pod, SLURM, ...) is detected.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _init_distributed():
-  """Multi-host: connect the processes (TPU pods / multi-node GPU) before any JAX work."""
+  """Multi-host: connect the processes (TPU pods, SLURM / multi-node GPU) before any JAX work.
+
+  ``--multihost=auto`` asks ``jax.distributed.initialize()`` to detect the cluster and stays
+  single-process when there is none (laptops, single-host TPU VMs, Colab).
+  """
   import jax  # pylint: disable=g-import-not-at-top
-  if any(v in os.environ for v in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
-                                   "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_NTASKS")):
-    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    if "," in hosts or "JAX_COORDINATOR_ADDRESS" in os.environ or "SLURM_NTASKS" in os.environ:
+  if _MULTIHOST.value != "false":
+    try:
       jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:
+      if _MULTIHOST.value == "true":
+        raise
+      logging.info("Single process (no cluster detected: %s).", str(e).splitlines()[0][:200])
   logging.info("JAX process %d / %d, %d local devices, %d global devices (%s).",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].device_kind)

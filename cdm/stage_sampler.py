@@ -25,6 +25,9 @@ def null_label(config) -> int:
   return int(config.data.num_classes)
 
 
+_CACHE = {}
+
+
 def make_stage_sampler(config, model, *, num_steps=None, sampler=None, eta=None, clip_denoised=None,
                        dynamic_threshold=None, guidance_scale=None, stop_at=0,
                        low_res_is_noisy=False):
@@ -33,7 +36,21 @@ def make_stage_sampler(config, model, *, num_steps=None, sampler=None, eta=None,
   Unset keyword arguments default to the stage's ``config.sample`` fields. ``stop_at`` (1-indexed
   step of the stage's training schedule, 0 = full chain) returns z_s instead of x_0 (truncated
   augmentation). The output has the stage's shape ``(B, image_size, image_size, channels)``.
+  Samplers are memoised per (stage config, model, arguments), so rebuilding a cascade or sweeping a
+  level does not recompile.
   """
+  key = (config.to_json_best_effort(sort_keys=True), repr(model), num_steps, sampler, eta,
+         clip_denoised, dynamic_threshold, guidance_scale, stop_at, low_res_is_noisy)
+  if key not in _CACHE:
+    _CACHE[key] = _make_stage_sampler(
+        config, model, num_steps=num_steps, sampler=sampler, eta=eta, clip_denoised=clip_denoised,
+        dynamic_threshold=dynamic_threshold, guidance_scale=guidance_scale, stop_at=stop_at,
+        low_res_is_noisy=low_res_is_noisy)
+  return _CACHE[key]
+
+
+def _make_stage_sampler(config, model, *, num_steps, sampler, eta, clip_denoised,
+                        dynamic_threshold, guidance_scale, stop_at, low_res_is_noisy):
   s = config.sample
   num_steps = s.num_steps if num_steps is None else num_steps
   sampler = s.sampler if sampler is None else sampler
@@ -45,6 +62,8 @@ def make_stage_sampler(config, model, *, num_steps=None, sampler=None, eta=None,
   if sampler == "ddim" and not respacing.startswith("ddim"):
     respacing = f"ddim{num_steps}"
   diffusion = gaussian.create_diffusion(config.diffusion, timestep_respacing=respacing)
+  if stop_at:
+    sampling.stop_index(diffusion, stop_at)  # a step the respaced chain can stop at, or a clear error
   size, channels = config.data.image_size, config.data.channels
   is_sr = bool(config.data.low_res_size)
   conditional = bool(config.model.class_conditional)

@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from cdm import checkpointing, config_base, images, optim, perf, sharding, stage_sampler
+from cdm import checkpointing, config_base, fileio, images, optim, perf, sharding, stage_sampler
 from cdm import data as data_lib
 from cdm import models
 from cdm.diffusion import augment as augment_lib
@@ -154,7 +154,7 @@ class _Preemption:
 
 def _write_config(config, workdir):
   if jax.process_index() == 0:
-    checkpointing.save_json(os.path.join(workdir, "config.json"), config.to_dict())
+    fileio.save_json(fileio.join(workdir, "config.json"), config.to_dict())
 
 
 class SampleGrid:
@@ -179,7 +179,7 @@ class SampleGrid:
     out = self.sampler(state.ema_params, key, self.labels, self.low_res,
                        self.config.sample.aug_level)
     grid = images.make_grid(images.to_uint8(out), ncols=min(10, len(self.labels)))
-    path = os.path.join(self.workdir, "samples", f"step_{step:08d}.png")
+    path = fileio.join(self.workdir, "samples", f"step_{step:08d}.png")
     if jax.process_index() == 0:
       images.save_png(path, grid, scale=max(1, 128 // self.config.data.image_size))
       self.writer.write_images(step, {"samples": grid[None]})
@@ -195,11 +195,26 @@ def build(config):
   return model, diffusion, tx
 
 
+def make_train_step(config, model, diffusion, tx, mesh, state_sh):
+  """The jitted train step: batch sharded over the mesh, state as ``state_sh``, state donated."""
+  return jax.jit(
+      functools.partial(train_step, config=config, model=model, diffusion=diffusion, tx=tx),
+      in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+      out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
+
+
+def state_shardings(config, model, tx, mesh):
+  """(abstract TrainState, its shardings on ``mesh``), without allocating anything."""
+  key = jax.random.PRNGKey(config.seed)
+  abstract = jax.eval_shape(functools.partial(init_state, config, model, tx), key)
+  return abstract, sharding.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
+
+
 def train_and_evaluate(config, workdir: str) -> TrainState:
   """Trains the stage described by ``config`` in ``workdir`` (resuming if it holds a checkpoint)."""
   config_base.validate(config)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = fileio.resolve(workdir)
+  fileio.makedirs(workdir)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divisible(config.train.batch_size, mesh)
   model, diffusion, tx = build(config)
@@ -208,8 +223,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   data_it = data_lib.create_train_iterator(config)
 
   key = jax.random.PRNGKey(config.seed)
-  abstract = jax.eval_shape(functools.partial(init_state, config, model, tx), key)
-  state_sh = sharding.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
+  abstract, state_sh = state_shardings(config, model, tx, mesh)
   ckpt = checkpointing.Checkpointer(workdir, config.train)
   latest = ckpt.latest_step()
   if latest is not None:
@@ -224,10 +238,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   start = int(jax.device_get(state.step))
 
   batch_sh = sharding.batch_sharding(mesh)
-  step_fn = jax.jit(
-      functools.partial(train_step, config=config, model=model, diffusion=diffusion, tx=tx),
-      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, sharding.replicated(mesh)),
-      donate_argnums=(0,))
+  step_fn = make_train_step(config, model, diffusion, tx, mesh, state_sh)
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=True)
@@ -238,10 +249,11 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                                                    checkpointing.architecture(config).items()
                                                    if isinstance(v, (int, float, str, bool))}})
   total = config.train.num_steps
-  hooks = []
+  hooks, report = [], None
   if jax.process_index() == 0:
-    hooks.append(periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
-                                                 every_steps=config.train.log_every))
+    # Called right after the log-point sync, so its steps/s and ETA are real, not dispatch rates.
+    report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
+                                             every_steps=config.train.log_every)
     if config.train.profile_steps:
       hooks.append(periodic_actions.Profile(num_profile_steps=config.train.profile_steps,
                                             first_profile=start + 10, logdir=workdir))
@@ -284,6 +296,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
           if peak:
             scalars["mfu"] = scalars["flops_per_sec_per_device"] / peak
         writer.write_scalars(step, scalars)
+        if report is not None:
+          report(step)
         worst = max(int(m["nonfinite_run"]) for m in fetched)
         if worst >= config.train.max_consecutive_nonfinite:
           ckpt.close()
@@ -295,7 +309,10 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
               f"{ckpt.directory}.")
       if grid is not None and (step % config.train.sample_every == 0 or last):
         grid(state, step)
-      stop = preempt.requested or ckpt.reached_preemption(step)
+      stop = ckpt.reached_preemption(step)  # all hosts agree (JAX preemption sync point)
+      if preempt.requested and jax.process_count() == 1:
+        stop = True  # single host: SIGTERM alone decides; multi-host relies on the sync point
+
       if step % config.train.checkpoint_every == 0 or last or stop:
         ckpt.save(step, state, data_it.get_state(), config, force=True)
       if stop:

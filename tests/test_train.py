@@ -44,33 +44,29 @@ def test_tiny_sr_stage_trains_checkpoints_and_samples(tmp_path):
   state = train.train_and_evaluate(c, str(workdir))
   assert int(state.step) == 2
   assert checkpointing.Checkpointer(str(workdir), c.train).latest_step() == 2
-  assert (workdir / "config.json").exists()
   assert (workdir / "samples" / "step_00000002.png").exists()
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
-  # Params are sharded (replicated) over all 8 devices of the mesh.
-  leaf = jax.tree.leaves(state.params)[0]
-  assert len(leaf.sharding.device_set) == 8
 
 
-def _one_step_params(config, devices, batch):
+def _two_steps(config, devices, batch):
+  """Two steps of the production jitted step on a mesh over ``devices``, from the same init."""
   mesh = sharding.make_mesh(config.mesh, devices=devices)
   model, diffusion, tx = train.build(config)
-  state = train.init_state(config, model, tx, jax.random.PRNGKey(0))
-  step = jax.jit(functools.partial(train.train_step, config=config, model=model,
-                                   diffusion=diffusion, tx=tx))
+  _, state_sh = train.state_shardings(config, model, tx, mesh)
+  state = jax.jit(functools.partial(train.init_state, config, model, tx),
+                  out_shardings=state_sh)(jax.random.PRNGKey(config.seed))
+  step = train.make_train_step(config, model, diffusion, tx, mesh, state_sh)
   batch = sharding.host_batch_to_global(batch, sharding.batch_sharding(mesh))
-  state = jax.device_put(state, sharding.replicated(mesh))
   for _ in range(2):
     state, metrics = step(state, batch)
   return state, metrics
 
 
 def test_eight_devices_agree_with_one(tmp_path):
-  c = tiny("configs/mnist/sr16_32.py", tmp_path)
-  it = data_lib.create_train_iterator(c, process_index=0, process_count=1)
-  batch = next(it)
-  s8, m8 = _one_step_params(c, jax.devices(), batch)
-  s1, m1 = _one_step_params(c, jax.devices()[:1], batch)
+  c = tiny("configs/mnist/base16.py", tmp_path)
+  batch = next(data_lib.create_train_iterator(c, process_index=0, process_count=1))
+  s8, m8 = _two_steps(c, jax.devices(), batch)
+  s1, m1 = _two_steps(c, jax.devices()[:1], batch)
+  assert len(jax.tree.leaves(s8.params)[0].sharding.device_set) == 8
   np.testing.assert_allclose(float(m8["loss"]), float(m1["loss"]), rtol=1e-5)
   leaves_close(s8.params, s1.params, atol=2e-5)
 
@@ -80,21 +76,34 @@ def test_resume_is_exact(tmp_path):
   c4 = tiny("configs/mnist/base16.py", tmp_path, **{"train.num_steps": 4})
   c2 = tiny("configs/mnist/base16.py", tmp_path, **{"train.num_steps": 2})
   straight = train.train_and_evaluate(c4, str(tmp_path / "a"))
+  workdir = tmp_path / "a"
+  assert (workdir / "config.json").exists()
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
   train.train_and_evaluate(c2, str(tmp_path / "b"))
   resumed = train.train_and_evaluate(c4, str(tmp_path / "b"))
   assert int(resumed.step) == 4
   leaves_close(straight.params, resumed.params, atol=0)
   leaves_close(straight.ema_params, resumed.ema_params, atol=0)
+  leaves_close(straight.opt_state, resumed.opt_state, atol=0)
 
 
-def test_nonfinite_step_is_skipped(tmp_path):
-  c = tiny("configs/mnist/base16.py", tmp_path)
+def _poisoned_init(original):
+  """init_state with one NaN parameter: every loss and gradient becomes non-finite."""
+  def init(*args, **kwargs):
+    state = original(*args, **kwargs)
+    leaves, treedef = jax.tree.flatten(state.params)
+    leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.nan)
+    return state.replace(params=jax.tree.unflatten(treedef, leaves))
+  return init
+
+
+def test_nonfinite_steps_are_skipped_then_training_stops(tmp_path, monkeypatch):
+  c = tiny("configs/mnist/base16.py", tmp_path, **{"train.num_steps": 6,
+                                                   "train.max_consecutive_nonfinite": 3,
+                                                   "train.log_every": 3})
   model, diffusion, tx = train.build(c)
-  state = train.init_state(c, model, tx, jax.random.PRNGKey(0))
-  # Poison one parameter: loss and gradients become NaN.
-  leaves, treedef = jax.tree.flatten(state.params)
-  leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.nan)
-  bad = state.replace(params=jax.tree.unflatten(treedef, leaves))
+  bad = jax.jit(functools.partial(_poisoned_init(train.init_state), c, model, tx))(
+      jax.random.PRNGKey(0))
   batch = next(data_lib.create_train_iterator(c, process_index=0, process_count=1))
   step = jax.jit(functools.partial(train.train_step, config=c, model=model,
                                    diffusion=diffusion, tx=tx))
@@ -104,13 +113,9 @@ def test_nonfinite_step_is_skipped(tmp_path):
   for a, b in zip(jax.tree.leaves((bad.params, bad.ema_params, bad.opt_state)),
                   jax.tree.leaves((new.params, new.ema_params, new.opt_state))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
-def test_training_stops_after_consecutive_nonfinite_steps(tmp_path):
-  c = tiny("configs/mnist/base16.py", tmp_path, **{
-      "train.num_steps": 6, "train.learning_rate": 1e38, "train.grad_clip_norm": 0.0,
-      "train.max_consecutive_nonfinite": 2, "train.checkpoint_every": 100})
-  with pytest.raises(FloatingPointError, match="consecutive"):
+  # The loop stops with a clear message after max_consecutive_nonfinite skipped steps.
+  monkeypatch.setattr(train, "init_state", _poisoned_init(train.init_state))
+  with pytest.raises(FloatingPointError, match="3 consecutive"):
     train.train_and_evaluate(c, str(tmp_path / "nan"))
 
 
@@ -124,7 +129,10 @@ def test_checkpoint_from_other_architecture_is_refused(tmp_path):
 
 
 def _cli(args, **kw):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+             JAX_THREEFRY_PARTITIONABLE=str(jax.config.jax_threefry_partitionable).lower(),
+             JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or "",
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
   env.pop("XLA_FLAGS", None)
   return subprocess.Popen([sys.executable, "-m", "cdm.main", *args], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
@@ -160,4 +168,4 @@ def test_sigkill_then_restart_equals_uninterrupted(tmp_path):
   reference = train.train_and_evaluate(c, str(tmp_path / "straight"))
   restored, step = checkpointing.load_params(str(workdir), c, use_ema=False)
   assert step == 6
-  leaves_close(reference.params, restored, atol=1e-6)
+  leaves_close(reference.params, restored, atol=2e-5)
