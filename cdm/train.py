@@ -273,6 +273,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
         peak = perf.peak_flops_per_device(config.train.peak_flops_per_device)
         logging.info("Compiled train step in %.1fs: %.3g FLOPs/step.",
                      time.perf_counter() - t_compile, flops_per_step)
+        t_last = time.perf_counter()  # throughput excludes compilation
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, metrics = step_fn(state, batch)
       step += 1
@@ -296,8 +297,6 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
           if peak:
             scalars["mfu"] = scalars["flops_per_sec_per_device"] / peak
         writer.write_scalars(step, scalars)
-        if report is not None:
-          report(step)
         worst = max(int(m["nonfinite_run"]) for m in fetched)
         if worst >= config.train.max_consecutive_nonfinite:
           ckpt.close()
@@ -307,6 +306,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
               f"{step}); params were left unchanged by them. Lower train.learning_rate, keep "
               "train.grad_clip_norm > 0, or check the data. The last good checkpoint is in "
               f"{ckpt.directory}.")
+      if report is not None:  # every step; on log steps it runs right after the sync above
+        report(step)
       if grid is not None and (step % config.train.sample_every == 0 or last):
         grid(state, step)
       stop = ckpt.reached_preemption(step)  # all hosts agree (JAX preemption sync point)

@@ -90,3 +90,13 @@ def test_batch_not_divisible_by_devices(tmp_path):
   c.lock()
   with pytest.raises(ValueError, match="not divisible by the 8 devices"):
     train.train_and_evaluate(c, str(tmp_path / "w"))
+
+
+@pytest.mark.parametrize("name", ["adm64_cond", "adm128_cond", "adm256_cond", "adm_up64_256"])
+def test_adm_configs_match_released_checkpoints(name, shared_dir):
+  """configs/adm/*.py build the exact guided-diffusion architectures (parameter counts)."""
+  import json  # pylint: disable=g-import-not-at-top
+  from cdm import models  # pylint: disable=g-import-not-at-top
+  specs = json.loads((shared_dir / "specs" / "adm_specs.json").read_text())
+  c = cascade_config.load_stage_config(f"configs/adm/{name}.py")
+  assert models.param_count(c) == specs[name]["param_count"]

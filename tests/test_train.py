@@ -73,8 +73,9 @@ def test_eight_devices_agree_with_one(tmp_path):
 
 def test_resume_is_exact(tmp_path):
   """2 steps, stop, 2 more == 4 steps straight (params, EMA, optimizer, data position)."""
-  c4 = tiny("configs/mnist/base16.py", tmp_path, **{"train.num_steps": 4})
-  c2 = tiny("configs/mnist/base16.py", tmp_path, **{"train.num_steps": 2})
+  # log_every > 1 also exercises the progress hook between log points.
+  c4 = tiny("configs/mnist/base16.py", tmp_path, **{"train.num_steps": 4, "train.log_every": 3})
+  c2 = tiny("configs/mnist/base16.py", tmp_path, **{"train.num_steps": 2, "train.log_every": 3})
   straight = train.train_and_evaluate(c4, str(tmp_path / "a"))
   workdir = tmp_path / "a"
   assert (workdir / "config.json").exists()

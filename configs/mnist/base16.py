@@ -19,21 +19,21 @@ def get_config(variant: str = ""):
 
   c.model.model_channels = 32
   c.model.channel_mult = (1, 2, 2)
-  c.model.num_res_blocks = 2
+  c.model.num_res_blocks = 1
   c.model.attention_resolutions = (8,)
   c.model.num_head_channels = 32
 
   c.diffusion.num_timesteps = 1000
   c.diffusion.beta_schedule = "cosine"
 
-  c.train.batch_size = 64
-  c.train.num_steps = 3000
-  c.train.learning_rate = 2e-4
+  c.train.batch_size = 32
+  c.train.num_steps = 2000
+  c.train.learning_rate = 3e-4
   c.train.warmup_steps = 100
   c.train.ema_decay = 0.999
   c.train.log_every = 50
   c.train.checkpoint_every = 500
-  c.train.sample_every = 1000
+  c.train.sample_every = 500
   c.train.num_samples = 40
   c.train.sample_steps = 50
   return config_base.finalize(c, variant)
