@@ -51,7 +51,7 @@ _CORE_COUNTED = ("v2", "v3", "v4", "v5p")
 _CHIP_COUNTED_SIZES = (1, 4, 8, 16, 32, 64, 128, 256)
 
 # Flags of ``python -m cdm.main`` (cdm/main.py); tests/test_launch.py checks they stay in sync.
-CDM_MAIN_FLAGS = ("config", "workdir", "mode", "base_samples")
+CDM_MAIN_FLAGS = ("config", "workdir", "mode", "base_samples", "multihost")
 CDM_MODES = ("train", "sample", "eval", "sweep")
 
 REMOTE_LOG_DIR = '"$HOME/cdm_logs"'  # on every worker (expanded by its shell)
@@ -160,6 +160,7 @@ def _cdm_flag_values(argv: Sequence[str]):
   flags.DEFINE_string("workdir", None, "workdir", flag_values=fv)
   flags.DEFINE_enum("mode", "train", list(CDM_MODES), "mode", flag_values=fv)
   flags.DEFINE_string("base_samples", None, "npz", flag_values=fv)
+  flags.DEFINE_enum("multihost", "auto", ["auto", "true", "false"], "multihost", flag_values=fv)
   return fv
 
 
