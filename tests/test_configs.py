@@ -64,7 +64,7 @@ def test_cascade_configs_chain(path):
 @pytest.mark.parametrize("field,value,message", [
     ("data.low_res_size", 24, "low_res_size"),
     ("model.attention_resolutions", (3,), "attention_resolutions"),
-    ("model.channel_mult", (1, 2, 2, 2, 2, 2), "channel_mult"),
+    ("model.channel_mult", (1, 2, 2, 2, 2, 2, 2), "channel_mult"),
     ("augment.max_level", 5000, "max_level"),
 ])
 def test_impossible_combinations_are_rejected(field, value, message):
