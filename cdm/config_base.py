@@ -264,3 +264,53 @@ def imagenet_stage(image_size: int, low_res_size: int = 0) -> ml_collections.Con
   c.train.sample_every = 20_000
   c.train.num_samples = 64
   return c
+
+
+def hybrid_loss_stage(c: ml_collections.ConfigDict) -> None:
+  """The paper's low-resolution stages (PAPER.md section 4, 32 px base and 32 -> 64; also the 64 px
+  baseline): cosine schedule with T=4000, learned-range variances trained with the hybrid loss
+  (L_simple + 0.001 L_vlb, ``rescaled_mse``), dropout 0.1, batch 2048, 250 sampling steps."""
+  c.model.dropout = 0.1
+  c.model.learn_sigma = True
+  c.diffusion.num_timesteps = 4000
+  c.diffusion.beta_schedule = "cosine"
+  c.diffusion.model_var_type = "learned_range"
+  c.diffusion.loss_type = "rescaled_mse"
+  c.train.batch_size = 2048
+  c.sample.num_steps = 250
+
+
+def blur_sr_stage(c: ml_collections.ConfigDict) -> None:
+  """The paper's high-resolution SR stages (PAPER.md section 4, 64 -> 128 and 64 -> 256): T=2000
+  cosine, fixed (large) variances with the plain MSE loss, continuous noise-level conditioning (so
+  100-step sampling can use any respacing), blur conditioning augmentation on half the examples with
+  sigma ~ U(0.4, 0.6), legacy attention head order, one head level at 16 px, batch 1024, 500k steps."""
+  c.model.num_res_blocks = 3
+  c.model.attention_resolutions = (16,)
+  c.model.dropout = 0.0
+  c.model.learn_sigma = False
+  c.model.use_new_attention_order = False
+  c.diffusion.num_timesteps = 2000
+  c.diffusion.beta_schedule = "cosine"
+  c.diffusion.model_var_type = "fixed_large"
+  c.diffusion.loss_type = "mse"
+  c.diffusion.noise_conditioning = "continuous"
+  c.augment.blur = True
+  c.augment.blur_prob = 0.5
+  c.augment.blur_sigma_min = 0.4
+  c.augment.blur_sigma_max = 0.6
+  c.train.batch_size = 1024
+  c.train.num_steps = 500_000
+  c.sample.num_steps = 100
+
+
+def gaussian_augmentation(c: ml_collections.ConfigDict, num_timesteps: int,
+                          beta_schedule: str = "cosine") -> None:
+  """Gaussian conditioning augmentation amortised over s ~ U{0..T} (PAPER.md section 3), using the
+  previous stage's forward process (T, schedule) so truncated augmentation matches training; the SR
+  model is told s through its aug-level embedding."""
+  c.augment.gaussian = True
+  c.augment.num_timesteps = num_timesteps
+  c.augment.beta_schedule = beta_schedule
+  c.augment.max_level = num_timesteps
+  c.model.aug_level_embedding = True
