@@ -85,3 +85,50 @@ def sweep_defaults() -> ml_collections.ConfigDict:
   s.aug_forms = ("non_truncated",)  # Forms to sweep ("non_truncated", "truncated").
   s.ground_truth = True  # Also evaluate the SR stage on real low-res inputs.
   return s
+
+
+def imagenet_cascade(stage_files: dict, order, *, bucket: str = "gs://YOUR_BUCKET/cdm",
+                     variant: str = "", aug_levels: dict | None = None) -> ml_collections.ConfigDict:
+  """An ImageNet cascade of the paper's stages (PAPER.md sections 4-6).
+
+  Each stage loads the EMA params of ``{bucket}/{name}`` (its training workdir; override with
+  ``--config.stages.<name>.checkpoint=...``). Evaluation follows the paper's protocol: Inception FID /
+  IS against the training split on 50k samples, CAS, precision / recall; the Inception weights are a
+  local file the user downloads once (``--config.eval.inception_weights=...``, see the README).
+  """
+  aug_levels = aug_levels or {}
+  stages = {
+      name: stage_entry(path, f"{bucket}/{name}", variant=variant,
+                        aug_level=aug_levels.get(name, 0))
+      for name, path in stage_files.items()}
+  c = cascade_config(stages, order, num_samples=50_000, batch_size=256)
+  c.eval.features = "inception"
+  c.eval.classifier_steps = 0  # Unused with Inception features.
+  c.eval.cas_steps = 20_000
+  c.eval.classifier_batch_size = 256
+  c.sweep.aug_levels = (0, 250, 500, 1000, 1500, 2000)  # On the base's T=4000 scale.
+  c.sweep.aug_forms = ("non_truncated", "truncated")
+  if variant == "tiny":
+    _shrink_chain(c)
+    c.num_samples, c.batch_size = 8, 8
+    c.eval.features = "classifier"
+    c.eval.classifier_steps = c.eval.cas_steps = 20
+    c.sweep.aug_levels = (0, 100)
+  return c
+
+
+def _shrink_chain(c: ml_collections.ConfigDict) -> None:
+  """Tiny cascades: divide every stage's resolutions by one factor so the last stage is 32 px and the
+  stages still chain (each tiny stage alone shrinks to <= 32 px, which would break the chain)."""
+  from cdm import config_base  # pylint: disable=g-import-not-at-top
+  full = max(load_stage_config(c.stages[n].config_path).data.image_size for n in c.order)
+  factor = max(1, full // 32)
+  for name in c.order:
+    stage_full = load_stage_config(c.stages[name].config_path).data
+    cfg = c.stages[name].config
+    cfg.unlock()
+    cfg.data.image_size = stage_full.image_size // factor
+    cfg.data.low_res_size = stage_full.low_res_size // factor
+    config_base.apply_tiny(cfg)
+    config_base.validate(cfg)
+    cfg.lock()

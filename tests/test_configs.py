@@ -53,9 +53,14 @@ def test_tiny_variant_trains_two_steps(path, tmp_path):
   assert int(state.step) == 2 and int(state.nonfinite_total) == 0
 
 
+def test_the_paper_cascades_exist():
+  assert {"c64.py", "c128.py", "c256.py"} <= {os.path.basename(p) for p in CASCADES}
+
+
+@pytest.mark.parametrize("variant", ["", "tiny"])
 @pytest.mark.parametrize("path", CASCADES)
-def test_cascade_configs_chain(path):
-  c = cascade_config.load_stage_config(path)
+def test_cascade_configs_chain(path, variant):
+  c = cascade_config.load_stage_config(path, variant)
   order = list(c.order)
   for prev, nxt in zip(order, order[1:]):
     assert c.stages[nxt].config.data.low_res_size == c.stages[prev].config.data.image_size
