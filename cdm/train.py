@@ -29,6 +29,7 @@ from cdm import data as data_lib
 from cdm import models
 from cdm.diffusion import augment as augment_lib
 from cdm.diffusion import gaussian
+from cdm.models import noisy_classifier
 
 
 @flax.struct.dataclass
@@ -86,14 +87,23 @@ def train_step(state: TrainState, batch: dict, *, config, model, diffusion, tx):
     kw["low_res"] = low_res
     if config.model.aug_level_embedding:
       kw["aug_level"] = level
-  t = jax.random.randint(k_t, (b,), 0, diffusion.num_timesteps)
+  is_classifier = config.kind == "classifier"
+  if is_classifier:  # t stratified over the accuracy buckets (uniform marginal)
+    buckets = config.classifier.t_buckets
+    t = noisy_classifier.stratified_timesteps(k_t, b, diffusion.num_timesteps, buckets)
+  else:
+    t = jax.random.randint(k_t, (b,), 0, diffusion.num_timesteps)
   noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
 
   def loss_fn(params):
     def model_fn(x_t, t_model):
       return model.apply({"params": params}, x_t, t_model, train=True,
                          rngs={"dropout": k_drop}, **kw)
-    terms = diffusion.training_losses(model_fn, x0, t, noise)
+    if is_classifier:  # cross-entropy of p(y | x_t) on x_t = q_sample(x_0, t)
+      terms = noisy_classifier.training_losses(model_fn, diffusion, x0, batch["label"], t, noise,
+                                               buckets)
+    else:
+      terms = diffusion.training_losses(model_fn, x0, t, noise)
     return jnp.mean(terms["loss"]), terms
 
   (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -113,14 +123,16 @@ def train_step(state: TrainState, batch: dict, *, config, model, diffusion, tx):
       nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
   metrics = {
       "loss": loss,
-      "mse": jnp.mean(terms["mse"]),
       "grad_norm": grad_norm,
       "skipped": (~finite).astype(jnp.float32),
       "nonfinite_run": run,
       "lr": optim.learning_rate_schedule(config.train)(state.step),
   }
+  if "mse" in terms:
+    metrics["mse"] = jnp.mean(terms["mse"])
   if "vb" in terms:
     metrics["vb"] = jnp.mean(terms["vb"])
+  metrics.update(terms.get("metrics", {}))  # classifier: accuracy, accuracy_t{k}
   return new_state, metrics
 
 
@@ -257,7 +269,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     if config.train.profile_steps:
       hooks.append(periodic_actions.Profile(num_profile_steps=config.train.profile_steps,
                                             first_profile=start + 10, logdir=workdir))
-  grid = SampleGrid(config, model, workdir, writer) if config.train.sample_every else None
+  grid = (SampleGrid(config, model, workdir, writer)
+          if config.train.sample_every and config.kind != "classifier" else None)
 
   flops_per_step, peak = 0.0, 0.0
   pending, t_last, step_last = [], time.perf_counter(), start

@@ -10,6 +10,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from cdm.diffusion import guidance
 from cdm.diffusion.gaussian import GaussianDiffusion
 
 SAMPLERS = ("ancestral", "ddim")
@@ -44,7 +45,8 @@ def stop_index(diffusion: GaussianDiffusion, stop_at: int) -> int:
 def sample_loop(diffusion: GaussianDiffusion, model_fn: Callable, shape: Sequence[int], key,
                 *, sampler: str = "ancestral", eta: float = 0.0, clip_denoised: bool = True,
                 dynamic_threshold: float = 0.0, stop_at: int = 0,
-                x_T: Optional[jax.Array] = None, return_intermediate: bool = False):
+                x_T: Optional[jax.Array] = None, return_intermediate: bool = False,
+                cond_fn: Optional[Callable] = None):
   """Runs the reverse chain in one ``lax.scan`` over the (respaced) schedule.
 
   Jittable end to end: pass ``diffusion`` and ``key`` (and ``x_T``) as jit arguments and close
@@ -67,6 +69,10 @@ def sample_loop(diffusion: GaussianDiffusion, model_fn: Callable, shape: Sequenc
       x_T. With respacing, ``s - 1`` must be a kept step (ValueError lists the nearest).
     x_T: optional starting noise of ``shape``.
     return_intermediate: also return the states after every step, ``(num_steps_run, *shape)``.
+    cond_fn: classifier guidance, ``cond_fn(x_t, t_model) -> s * grad log p(y | x_t)`` (see
+      :func:`cdm.diffusion.guidance.classifier_cond_fn`), evaluated inside the scan at every step:
+      ancestral steps shift the mean by ``Sigma * cond_fn`` (ADM Algorithm 1), DDIM steps shift
+      eps by ``-sqrt(1 - abar_t) * cond_fn`` (ADM Algorithm 2). None = unguided.
 
   Returns:
     ``x`` (the final state), or ``(x, intermediates)`` if ``return_intermediate``.
@@ -86,7 +92,15 @@ def sample_loop(diffusion: GaussianDiffusion, model_fn: Callable, shape: Sequenc
     t = jnp.full((B,), i, jnp.int32)
     out = model_fn(x, diffusion.model_time(t))
     noise = jax.random.normal(jax.random.fold_in(k_steps, i), shape, x.dtype)
-    if sampler == "ancestral":
+    if cond_fn is not None:
+      g = cond_fn(x, diffusion.model_time(t))
+      if sampler == "ancestral":
+        x = guidance.guided_p_sample(diffusion, out, x, t, noise, g, clip_denoised,
+                                     dynamic_threshold)["sample"]
+      else:
+        x = guidance.guided_ddim_sample(diffusion, out, x, t, noise, g, eta, clip_denoised,
+                                        dynamic_threshold)["sample"]
+    elif sampler == "ancestral":
       x = diffusion.p_sample(out, x, t, noise, clip_denoised, dynamic_threshold)["sample"]
     else:
       x = diffusion.ddim_sample(out, x, t, noise, eta, clip_denoised, dynamic_threshold)["sample"]
