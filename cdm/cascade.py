@@ -62,6 +62,26 @@ def load_stage_params(entry, stage_config):
   return convert.load_converted(path)
 
 
+def classifier_guidance(entry) -> dict:
+  """``make_stage_sampler`` keywords for an entry's classifier guidance ({} when unguided)."""
+  scale = float(entry.get("classifier_scale", 0.0) or 0.0)
+  if not scale:
+    return {}
+  if not entry.get("classifier_config"):
+    raise ValueError(f"stage {entry.config.stage_name!r}: classifier_scale={scale} needs a "
+                     "classifier (stage_entry(..., classifier='configs/...classifier.py', "
+                     "classifier_checkpoint=...)).")
+  return {"classifier_config": entry.classifier_config, "classifier_scale": scale}
+
+
+def load_classifier_params(entry):
+  """Params of an entry's noisy classifier: a cdm training workdir or a converted ADM classifier."""
+  cfg = entry.classifier_config
+  sub = ml_collections.ConfigDict({"checkpoint": entry.get("classifier_checkpoint", ""),
+                                   "use_ema": bool(cfg.sample.use_ema)})
+  return load_stage_params(sub, cfg)
+
+
 class Cascade:
   """The compiled samplers of every stage of a cascade config, ready to run batch by batch."""
 
@@ -76,7 +96,7 @@ class Cascade:
                        f"{list(config.stages.keys())}.")
     self.mesh = mesh or sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}))
     self._check_chain()
-    self.samplers, self.params = {}, {}
+    self.samplers, self.params, self.classifier_params = {}, {}, {}
     for i, name in enumerate(self.order):
       entry = config.stages[name]
       nxt = config.stages[self.order[i + 1]] if i + 1 < len(self.order) else None
@@ -86,9 +106,13 @@ class Cascade:
           entry.config, model, num_steps=entry.num_steps, sampler=entry.sampler, eta=entry.eta,
           clip_denoised=entry.clip_denoised, dynamic_threshold=entry.dynamic_threshold,
           guidance_scale=entry.guidance_scale, stop_at=stop_at,
-          low_res_is_noisy=(i > 0 and entry.aug_form == "truncated"))
+          low_res_is_noisy=(i > 0 and entry.aug_form == "truncated"),
+          **classifier_guidance(entry))
       stage_params = (params or {}).get(name) or load_stage_params(entry, entry.config)
       self.params[name] = jax.device_put(stage_params, sharding.replicated(self.mesh))
+      if classifier_guidance(entry):  # ADM classifier guidance: the classifier's params too
+        cp = (params or {}).get(f"{name}/classifier") or load_classifier_params(entry)
+        self.classifier_params[name] = jax.device_put(cp, sharding.replicated(self.mesh))
 
   def _check_chain(self):
     for prev, name in zip(self.order, self.order[1:]):
@@ -125,7 +149,9 @@ class Cascade:
         outs[name] = prev
         continue
       k = jax.random.fold_in(key, i)
-      prev = self.samplers[name](self.params[name], k, labels, prev, int(entry.aug_level))
+      extra = ({"classifier_params": self.classifier_params[name]}
+               if name in self.classifier_params else {})
+      prev = self.samplers[name](self.params[name], k, labels, prev, int(entry.aug_level), **extra)
       outs[name] = prev
     return outs
 

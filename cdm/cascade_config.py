@@ -29,8 +29,13 @@ def load_stage_config(path: str, variant: str = "") -> ml_collections.ConfigDict
 
 def stage_entry(config_path: str, checkpoint: str = "", *, variant: str = "", num_steps=None,
                 sampler=None, aug_level: int = 0, aug_form: str = "non_truncated",
-                guidance_scale=None) -> ml_collections.ConfigDict:
-  """One stage of a cascade: its config plus where to load params and how to sample it."""
+                guidance_scale=None, classifier: str = "", classifier_checkpoint: str = "",
+                classifier_scale: float = 0.0) -> ml_collections.ConfigDict:
+  """One stage of a cascade: its config plus where to load params and how to sample it.
+
+  ``classifier`` (a ``kind = "classifier"`` stage config file), ``classifier_checkpoint`` and
+  ``classifier_scale`` > 0 turn on ADM classifier guidance for this stage.
+  """
   cfg = load_stage_config(config_path, variant)
   e = ml_collections.ConfigDict()
   e.config_path = config_path  # Stage config file this entry was built from (informational).
@@ -45,6 +50,11 @@ def stage_entry(config_path: str, checkpoint: str = "", *, variant: str = "", nu
   e.guidance_scale = cfg.sample.guidance_scale if guidance_scale is None else guidance_scale
   e.aug_level = aug_level  # SR only: conditioning-augmentation level s at sampling (0 = clean).
   e.aug_form = aug_form  # SR only: "non_truncated" or "truncated" (previous stage stops at s).
+  e.classifier_path = classifier  # Noisy-classifier stage config file ("" = no classifier).
+  e.classifier_config = (load_stage_config(classifier, variant) if classifier  # Its full config.
+                         else ml_collections.ConfigDict())
+  e.classifier_checkpoint = classifier_checkpoint  # Classifier workdir or cdm.models.convert dir.
+  e.classifier_scale = float(classifier_scale)  # ADM classifier-guidance scale s; 0 = unguided.
   return e
 
 
@@ -84,6 +94,8 @@ def sweep_defaults() -> ml_collections.ConfigDict:
   s.num_steps = ()  # Optional list of sampling step counts to sweep as well.
   s.aug_forms = ("non_truncated",)  # Forms to sweep ("non_truncated", "truncated").
   s.ground_truth = True  # Also evaluate the SR stage on real low-res inputs.
+  s.classifier_scales = ()  # If set: sweep these classifier-guidance scales of sweep.stage instead
+  #                           (a stage with a classifier; "" = the first stage).
   return s
 
 

@@ -156,7 +156,14 @@ def _run_stage(sampler, params, labels, low_res, aug_level, *, batch_size, seed,
 
 
 def sweep(config, workdir: str) -> dict:
-  """The paper's post-training search over the SR stage's conditioning-augmentation level s."""
+  """The paper's post-training search over the SR stage's conditioning-augmentation level s.
+
+  With ``sweep.classifier_scales`` set, sweeps a stage's classifier-guidance scale instead
+  (:func:`cdm.guided_eval.sweep_classifier_scale`).
+  """
+  if tuple(config.sweep.get("classifier_scales", ())):
+    from cdm import guided_eval  # pylint: disable=g-import-not-at-top
+    return guided_eval.sweep_classifier_scale(config, workdir)
   workdir = fileio.resolve(workdir)
   order = list(config.order)
   name = config.sweep.stage or order[-1]

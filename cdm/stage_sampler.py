@@ -49,7 +49,8 @@ def make_stage_sampler(config, model, *, num_steps=None, sampler=None, eta=None,
   key = (config.to_json_best_effort(sort_keys=True), repr(model), num_steps, sampler, eta,
          clip_denoised, dynamic_threshold, guidance_scale, stop_at, low_res_is_noisy)
   if classifier_scale:
-    key += (classifier_config.to_json_best_effort(sort_keys=True), float(classifier_scale))
+    key += (None if classifier_config is None else
+            classifier_config.to_json_best_effort(sort_keys=True), float(classifier_scale))
   if key not in _CACHE:
     _CACHE[key] = _make_stage_sampler(
         config, model, num_steps=num_steps, sampler=sampler, eta=eta, clip_denoised=clip_denoised,

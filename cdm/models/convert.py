@@ -2,7 +2,8 @@
 
 Library:
   * :func:`model_config_from_guided_diffusion` -- a cdm stage config from guided-diffusion's
-    ``create_model`` / ``sr_create_model`` arguments.
+    ``create_model`` / ``sr_create_model`` arguments (or ``create_classifier``'s ``classifier_*``
+    arguments: the noisy classifier, ``EncoderUNetModel``, of :mod:`cdm.models.noisy_classifier`).
   * :func:`check_state_dict` -- validates key set and shapes (no arrays needed).
   * :func:`convert_guided_diffusion` -- torch-layout ``state_dict`` (numpy) -> cdm params.
   * :func:`save_converted` / :func:`load_converted` / :func:`load_converted_config` -- an orbax
@@ -28,6 +29,7 @@ from typing import Any, Mapping, Optional
 import jax
 import numpy as np
 
+from cdm.models import noisy_classifier as classifier_lib
 from cdm.models import unet as unet_lib
 
 FORMAT = "cdm.models.convert/1"
@@ -38,9 +40,23 @@ _SUBMODULES = {
     "in_norm": "in_layers.0", "in_conv": "in_layers.2", "emb_proj": "emb_layers.1",
     "out_norm": "out_layers.0", "out_conv": "out_layers.3", "skip_connection": "skip_connection",
     "norm": "norm", "qkv": "qkv", "proj_out": "proj_out", "op": "op", "conv": "conv",
+    "qkv_proj": "qkv_proj", "c_proj": "c_proj",  # the classifier's AttentionPool2d
 }
-_LEAVES = {"kernel": "weight", "bias": "bias", "scale": "weight", "embedding": "weight"}
-_CONV1D = ("qkv", "proj_out")  # Dense in cdm, Conv1d(kernel 1) in guided-diffusion.
+_LEAVES = {"kernel": "weight", "bias": "bias", "scale": "weight", "embedding": "weight",
+           "positional_embedding": "positional_embedding"}
+_CONV1D = ("qkv", "proj_out", "qkv_proj", "c_proj")  # Dense in cdm, Conv1d(kernel 1) in torch.
+
+
+def _is_classifier(model_or_config) -> bool:
+  """True for a NoisyClassifier or a ``kind = "classifier"`` stage config."""
+  if isinstance(model_or_config, (classifier_lib.NoisyClassifier, unet_lib.UNet)):
+    return isinstance(model_or_config, classifier_lib.NoisyClassifier)
+  return model_or_config.get("kind", "diffusion") == "classifier"
+
+
+def _abstract_params(model_or_config):
+  lib = classifier_lib if _is_classifier(model_or_config) else unet_lib
+  return lib.abstract_params(model_or_config)
 
 
 # ---------------------------------------------------------------------- config mapping
@@ -78,6 +94,8 @@ def model_config_from_guided_diffusion(args: Mapping[str, Any], base_config=None
     are left alone: guided-diffusion keeps them outside the model arguments.
   """
   from cdm import config_base  # pylint: disable=import-outside-toplevel
+  if any(k.startswith("classifier_") for k in args):  # create_classifier's arguments
+    return classifier_lib.config_from_guided_diffusion(args, base_config, num_classes)
   c = base_config if base_config is not None else config_base.stage_config()
   a = dict(args)
   super_res = "large_size" in a
@@ -132,6 +150,8 @@ def _torch_key(path: tuple[str, ...]) -> str:
 
 
 def _torch_shape(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+  if path[-1] == "positional_embedding":  # (tokens, C) -> (C, tokens)
+    return (shape[1], shape[0])
   if path[-1] != "kernel":
     return tuple(shape)
   if len(shape) == 4:  # HWIO -> OIHW
@@ -145,13 +165,13 @@ def conversion_plan(model_or_config) -> dict[str, tuple[tuple[str, ...], tuple[i
   """Maps each guided-diffusion key the model needs to (cdm param path, expected torch shape).
 
   Args:
-    model_or_config: a stage config or a ``UNet``.
+    model_or_config: a stage config or a ``UNet`` (or a noisy classifier / its config).
 
   Returns:
     ``{torch_key: (flax_path, torch_shape)}`` in the model's parameter order. Built with
     ``jax.eval_shape``: nothing is allocated.
   """
-  abstract = unet_lib.abstract_params(model_or_config)
+  abstract = _abstract_params(model_or_config)
   plan = {}
   for kp, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
     path = tuple(k.key for k in kp)
@@ -245,6 +265,8 @@ def _qkv_permutation(heads: int, channels: int, to_new: bool) -> np.ndarray:
 
 
 def _to_flax(path, value: np.ndarray) -> np.ndarray:
+  if path[-1] == "positional_embedding":
+    return value.T
   if path[-1] != "kernel":
     return value
   if value.ndim == 4:
@@ -273,8 +295,12 @@ def convert_guided_diffusion(state_dict: Mapping[str, Any], model_config,
   Raises:
     ValueError: key set or shapes do not match (see :func:`check_state_dict`).
   """
-  model = model_config if isinstance(model_config, unet_lib.UNet) else \
-      unet_lib.create_model(model_config)
+  if isinstance(model_config, (unet_lib.UNet, classifier_lib.NoisyClassifier)):
+    model = model_config
+  elif _is_classifier(model_config):
+    model = classifier_lib.create_classifier(model_config)
+  else:
+    model = unet_lib.create_model(model_config)
   plan = check_state_dict(state_dict, model)
   permute = (source_new_attention_order is not None and
              bool(source_new_attention_order) != model.use_new_attention_order)
@@ -296,8 +322,8 @@ def _attention_heads(model: unet_lib.UNet, channels: int, decoder: bool) -> int:
   """Heads of an attention block of ``channels`` channels in ``model``."""
   if model.num_head_channels != -1:
     return channels // model.num_head_channels
-  return model.num_heads_upsample if decoder and model.num_heads_upsample != -1 else \
-      model.num_heads
+  upsample = getattr(model, "num_heads_upsample", -1)  # a classifier has no decoder
+  return upsample if decoder and upsample != -1 else model.num_heads
 
 
 # ---------------------------------------------------------------------- files
@@ -344,7 +370,8 @@ def save_converted(out_dir: str | os.PathLike, params, config, source: str = "",
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   out = pathlib.Path(out_dir).absolute()
   out.mkdir(parents=True, exist_ok=True)
-  kwargs = unet_lib.model_kwargs(config)
+  kwargs = (classifier_lib.classifier_kwargs(config) if _is_classifier(config)
+            else unet_lib.model_kwargs(config))
   meta = {
       "format": FORMAT,
       "source": str(source),
@@ -373,7 +400,7 @@ def load_converted(out_dir: str | os.PathLike):
   out = pathlib.Path(out_dir).absolute()
   target = None
   if (out / "config.json").exists():
-    abstract = unet_lib.abstract_params(load_converted_config(out))
+    abstract = _abstract_params(load_converted_config(out))
     target = {"params": jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)}
   with ocp.StandardCheckpointer() as ckptr:
