@@ -121,7 +121,7 @@ def imagenet_cascade(stage_files: dict, order, *, bucket: str = "gs://YOUR_BUCKE
   c.sweep.aug_levels = (0, 250, 500, 1000, 1500, 2000)  # On the base's T=4000 scale.
   c.sweep.aug_forms = ("non_truncated", "truncated")
   if variant == "tiny":
-    _shrink_chain(c)
+    shrink_chain(c)
     c.num_samples, c.batch_size = 8, 8
     c.eval.features = "classifier"
     c.eval.classifier_steps = c.eval.cas_steps = 20
@@ -129,7 +129,7 @@ def imagenet_cascade(stage_files: dict, order, *, bucket: str = "gs://YOUR_BUCKE
   return c
 
 
-def _shrink_chain(c: ml_collections.ConfigDict) -> None:
+def shrink_chain(c: ml_collections.ConfigDict) -> None:
   """Tiny cascades: divide every stage's resolutions by one factor so the last stage is 32 px and the
   stages still chain (each tiny stage alone shrinks to <= 32 px, which would break the chain)."""
   from cdm import config_base  # pylint: disable=g-import-not-at-top
