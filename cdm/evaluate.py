@@ -228,10 +228,21 @@ def sweep(config, workdir: str) -> dict:
         logging.info("sweep %s", rows[-1])
   results = {"stage": name, "rows": rows}
   fileio.save_json(fileio.join(workdir, "sweep.json"), results)
+  _write_sweep_scalars(workdir, rows)
   if jax.process_index() == 0:
     _write_table(fileio.join(workdir, "sweep.md"), rows)
     _plot(fileio.join(workdir, "sweep.png"), rows)
   return results
+
+
+def _write_sweep_scalars(workdir, rows):
+  """TensorBoard view of a sweep: one curve per (input, form, steps) and metric, x axis = s."""
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  for row in rows:
+    series = f"sweep/{row['input']}_{row['form']}_steps{row['num_steps']}"
+    writer.write_scalars(int(row["aug_level"]), {
+        f"{series}/{k}": v for k, v in row.items() if isinstance(v, float)})
+  writer.close()
 
 
 def _run_float(sampler, params, labels, low, level, bs, seed, mesh):

@@ -99,3 +99,4 @@ def test_eval_and_sweep_write_results(stage_workdirs, tmp_path):
       ("generated", 0), ("generated", 334), ("ground_truth", 0), ("ground_truth", 334)}
   for name in ("sweep.json", "sweep.md", "sweep.png"):
     assert (tmp_path / "sweep" / name).exists()
+  assert list((tmp_path / "sweep").glob("events.out.tfevents*")), "sweep scalars not in TensorBoard"
