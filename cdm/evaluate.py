@@ -226,6 +226,7 @@ def sweep(config, workdir: str) -> dict:
         rows.append({"input": "ground_truth", "form": "non_truncated", "aug_level": int(s),
                      "num_steps": int(steps), **evaluator(out, gt_labels)})
         logging.info("sweep %s", rows[-1])
+        _save_grid(workdir, f"ground_truth_s{s}_steps{steps}", out)
   results = {"stage": name, "rows": rows}
   fileio.save_json(fileio.join(workdir, "sweep.json"), results)
   _write_sweep_scalars(workdir, rows)
