@@ -25,6 +25,7 @@ def get_config(variant: str = ""):
   c.sweep.classifier_scales = (0.0, 0.5, 1.0, 2.0, 4.0)
   if variant == "tiny":
     c.num_samples, c.batch_size = 8, 8
+    c.stages.base.num_steps = c.stages.sr.num_steps = 4
     c.eval.classifier_steps = c.eval.cas_steps = 20
     c.sweep.classifier_scales = (0.0, 1.0)
   return c
