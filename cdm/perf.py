@@ -48,6 +48,29 @@ def measured_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
   return 2.0 * n ** 3 / best
 
 
+def measured_cpu_peak(n: int = 2048, repeats: int = 5) -> dict:
+  """The host's practical float32 peak: the better of one n x n matmul on device 0 and one matmul
+  per host device run concurrently (with several XLA host devices, device 0 alone may not use every
+  core). Returns ``{"peak_flops", "matmul_1dev_flops", "matmul_alldev_flops", "matmul_n"}``."""
+  single = measured_matmul_peak(n, repeats)
+  devices = jax.devices()
+  out = {"matmul_n": n, "matmul_1dev_flops": single, "matmul_alldev_flops": 0.0}
+  if len(devices) > 1:
+    mesh = jax.sharding.Mesh(devices, ("d",))
+    sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+    a = jax.device_put(jnp.ones((len(devices), n, n), jnp.float32), sh)
+    f = jax.jit(lambda x: jnp.einsum("bij,bjk->bik", x, x), out_shardings=sh)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      f(a).block_until_ready()
+      best = min(best, time.perf_counter() - t0)
+    out["matmul_alldev_flops"] = 2.0 * len(devices) * n ** 3 / best
+  out["peak_flops"] = max(single, out["matmul_alldev_flops"])
+  return out
+
+
 def peak_flops_per_device(configured: float = 0.0) -> float:
   """The peak used for MFU: the configured value, the device kind's published peak, or measured."""
   if configured:

@@ -19,12 +19,6 @@ from ml_collections import config_flags
 
 from cdm.data import train_pipeline
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file.", lock_config=True)
-_NUM_BATCHES = flags.DEFINE_integer("num_batches", 200, "Timed batches.")
-_WARMUP = flags.DEFINE_integer("warmup", 10, "Untimed batches before timing.")
-_PROCESS_COUNT = flags.DEFINE_integer("process_count", 1, "Simulated process count (this host "
-                                      "reads 1/process_count of the data, batch // process_count).")
-
 
 def run(config, num_batches: int = 200, warmup: int = 10, process_count: int = 1) -> dict:
   """Returns ``{"images_per_s", "batch_size", "first_batch_s", "seconds", "shapes"}``."""
@@ -54,4 +48,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a script, so cdm.bench can import run() (its own --config).
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Stage config file.", lock_config=True)
+  _NUM_BATCHES = flags.DEFINE_integer("num_batches", 200, "Timed batches.")
+  _WARMUP = flags.DEFINE_integer("warmup", 10, "Untimed batches before timing.")
+  _PROCESS_COUNT = flags.DEFINE_integer(
+      "process_count", 1, "Simulated process count (this host reads 1/process_count of the data, "
+      "batch // process_count).")
   app.run(main)

@@ -1,0 +1,84 @@
+"""cdm.bench: JSON + Markdown for a tiny stage; no host synchronisation inside train / sample loops."""
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cdm import bench, cascade_config, models, perf, sharding, stage_sampler, train
+
+
+def small(path="configs/mnist/base16.py", **overrides):
+  """The tiny variant shrunk further (8x8, one level, mse loss) so compiles stay short."""
+  c = cascade_config.load_stage_config(path, "tiny")
+  c.unlock()
+  c.data.image_size = 8
+  c.model.channel_mult = (1,)
+  c.model.attention_resolutions = (8,)
+  c.model.learn_sigma = False
+  c.diffusion.model_var_type = "fixed_small"
+  c.diffusion.loss_type = "mse"
+  c.train.batch_size = 8
+  for k, v in overrides.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  c.lock()
+  return c
+
+
+def test_bench_writes_json_and_markdown(tmp_path):
+  c = small()
+  result = bench.run(c, parts=("train", "sample"), steps=2, warmup=1, sample_steps=(3,),
+                     sample_repeats=1, peak_override=1e11)
+  jpath, mpath = bench.write(result, str(tmp_path / "b"))
+  loaded = json.loads(open(jpath).read())
+  (stage,) = loaded["stages"]
+  (tr,) = stage["train"]
+  assert tr["devices"] == 8 and tr["batch_size"] == 8 and len(tr["step_times_s"]) == 2
+  assert tr["flops_per_step"] > 0 and tr["step_s"] > 0 and tr["compile_s"] > 0
+  np.testing.assert_allclose(tr["mfu"], tr["flops_per_step"] / tr["step_s"] / 1e11, rtol=1e-6)
+  assert tr["memory"]["temp_size_in_bytes"] >= 0
+  (sm,) = stage["sample"]
+  assert sm["steps"] == 3 and sm["loop_overhead"] > 0 and sm["images_per_s"] > 0
+  md = open(mpath).read()
+  assert "## Train step" in md and "## Sampling (one stage)" in md and "loop overhead" in md
+  assert "mnist_base16" in md
+
+
+def test_measured_cpu_peak_uses_every_host_device():
+  m = perf.measured_cpu_peak(n=128, repeats=2)
+  assert m["matmul_1dev_flops"] > 0 and m["matmul_alldev_flops"] > 0
+  assert m["peak_flops"] == max(m["matmul_1dev_flops"], m["matmul_alldev_flops"])
+
+
+def test_train_steps_and_sampler_do_not_sync_with_the_host():
+  """Several compiled train steps and a compiled sampler run with implicit transfers disallowed
+  and no device-to-host transfer at all (not even explicit): nothing in them waits on the host."""
+  c = small("configs/mnist/sr16_32.py", **{"data.image_size": 8, "data.low_res_size": 4})
+  mesh = sharding.make_mesh(c.mesh)
+  model, diffusion, tx = train.build(c)
+  _, state_sh = train.state_shardings(c, model, tx, mesh)
+  state = jax.jit(functools.partial(train.init_state, c, model, tx),
+                  out_shardings=state_sh)(jax.random.PRNGKey(0))
+  step = train.make_train_step(c, model, diffusion, tx, mesh, state_sh)
+  batch = sharding.host_batch_to_global(bench.synthetic_batch(c, 8), sharding.batch_sharding(mesh))
+  compiled = step.lower(state, batch).compile()
+  sampler = stage_sampler.make_stage_sampler(c, model, num_steps=3)
+  params = jax.device_put(bench.random_params(c, model), sharding.replicated(mesh))
+  labels, low_res, level = bench._sampler_inputs(c, 8, mesh)  # pylint: disable=protected-access
+  key = jax.device_put(jax.random.PRNGKey(1), sharding.replicated(mesh))
+  sample = sampler.lower(params, key, labels, low_res, level).compile()
+  with jax.transfer_guard("disallow"), jax.transfer_guard_device_to_host("disallow_explicit"):
+    pending = []
+    for _ in range(3):
+      state, metrics = compiled(state, batch)
+      pending.append(metrics)
+    out = sample(params, key, labels, low_res, level)
+  jax.block_until_ready((state, pending, out))
+  assert int(state.step) == 3
+  assert out.shape == (8, 8, 8, 1) and bool(jnp.all(jnp.isfinite(out)))
