@@ -1,0 +1,1 @@
+"""Experiments built from cdm's own commands (``python -m cdm.experiments.<name>``)."""
