@@ -1,9 +1,9 @@
 r"""Benchmarks a stage or a cascade: train step, sampling, input pipeline. Writes JSON + Markdown.
 
-  python -m cdm.bench --config=configs/mnist/base16.py:tiny --workdir=bench/base16_tiny
-  python -m cdm.bench --config=configs/mnist/sr16_32.py --workdir=bench/sr16_32 \
+  python -m cdm.bench --config=configs/mnist/base16.py:tiny --workdir=workdirs/bench/base16_tiny
+  python -m cdm.bench --config=configs/mnist/sr16_32.py --workdir=workdirs/bench/sr16_32 \
       --config.train.batch_size=64 --host_devices=2
-  python -m cdm.bench --config=configs/cascades/mnist.py:tiny --workdir=bench/cascade \
+  python -m cdm.bench --config=configs/cascades/mnist.py:tiny --workdir=workdirs/bench/cascade \
       --sample_steps=10,50
   python -m cdm.bench --config=configs/sr64_256.py --workdir=gs://b/bench --variants=all   # TPU/GPU
 
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import os
 import statistics
 import time
@@ -140,6 +139,7 @@ def bench_train(config, *, steps: int = 10, warmup: int = 3, peak: float = 0.0) 
   """Compiles and times the production train step on a synthetic batch (see the module doc)."""
   import jax  # pylint: disable=g-import-not-at-top
   from cdm import perf, sharding, train  # pylint: disable=g-import-not-at-top
+  from cdm.models import layers  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divisible(config.train.batch_size, mesh)
   model, diffusion, tx = train.build(config)
@@ -155,6 +155,14 @@ def bench_train(config, *, steps: int = 10, warmup: int = 3, peak: float = 0.0) 
   n_dev = mesh.devices.size
   # cost_analysis describes the per-device SPMD program.
   flops = perf.compiled_flops(compiled) * n_dev
+  model_flops = flops
+  if layers.conv_general_dilated_fn(str(config.model.get("conv_impl", "xla"))) is not None:
+    # im2col also multiplies the zero padding: count the model's FLOPs with XLA's convolution
+    # (lowered, unpartitioned program: global FLOPs; within ~1% of the compiled count).
+    xc = _override(config, {"model.conv_impl": "xla"})
+    xm, xd, xt = train.build(xc)
+    model_flops = perf.compiled_flops(
+        train.make_train_step(xc, xm, xd, xt, mesh, state_sh).lower(state, batch))
   for _ in range(max(warmup, 1)):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(state)
@@ -174,8 +182,10 @@ def bench_train(config, *, steps: int = 10, warmup: int = 3, peak: float = 0.0) 
   b = config.train.batch_size
   out = {"batch_size": b, "devices": n_dev, "compile_s": compile_s, "step_s": step_s,
          "step_times_s": times, "pipelined_step_s": pipelined, "images_per_s": b / step_s,
-         "flops_per_step": flops, "achieved_flops": flops / step_s,
+         "flops_per_step": model_flops, "compiled_flops_per_step": flops,
+         "achieved_flops": model_flops / step_s,
          "dtype": str(config.model.dtype), "remat": bool(config.model.remat),
+         "conv_impl": str(config.model.get("conv_impl", "xla")),
          "memory": _memory(compiled)}
   if peak:
     out["peak_flops"] = peak
@@ -245,8 +255,6 @@ def bench_stage_sampling(config, model, params, *, steps_list, batch: int, repea
   fwd_args = jax.device_put(fwd_args, sharding.batch_sharding(mesh))
   fwd_c = fwd.lower(params, *fwd_args).compile()
   jax.block_until_ready(fwd_c(params, *fwd_args))
-  fwd_s, _ = _median_time(lambda: jax.block_until_ready(fwd_c(params, *fwd_args)),
-                          max(10, repeats))
   labels, low_res, level = _sampler_inputs(config, batch, mesh)
   key = jax.device_put(jax.random.PRNGKey(0), sharding.replicated(mesh))
   rows = []
@@ -256,11 +264,18 @@ def bench_stage_sampling(config, model, params, *, steps_list, batch: int, repea
     compiled = sampler.lower(params, key, labels, low_res, level).compile()
     compile_s = time.perf_counter() - t0
     jax.block_until_ready(compiled(params, key, labels, low_res, level))
-    run_s, _ = _median_time(
-        lambda c=compiled: jax.block_until_ready(c(params, key, labels, low_res, level)), repeats)
+    # Forward and sampler timings interleaved, so a change of machine load hits both alike.
+    runs, fwds = [], []
+    for _ in range(repeats):
+      fwds.append(_median_time(lambda: jax.block_until_ready(fwd_c(params, *fwd_args)), 5)[0])
+      runs.append(_median_time(
+          lambda c=compiled: jax.block_until_ready(c(params, key, labels, low_res, level)), 1)[0])
+    run_s = statistics.median(runs)
     rows.append({"stage": config.stage_name, "steps": int(n), "batch": batch,
                  "compile_s": compile_s, "sample_s": run_s, "images_per_s": batch / run_s,
-                 "forward_s": fwd_s, "loop_overhead": run_s / (int(n) * fwd_s),
+                 "forward_s": statistics.median(fwds), "sample_times_s": runs,
+                 "forward_times_s": fwds,
+                 "loop_overhead": statistics.median(r / (int(n) * f) for r, f in zip(runs, fwds)),
                  "guidance": bool(config.sample.guidance_scale)})
   return rows
 
@@ -420,13 +435,13 @@ def to_markdown(result: dict) -> str:
   train_rows = [(s["stage"], r) for s in result["stages"] for r in s["train"]]
   if train_rows:
     lines += ["## Train step", "",
-              "| stage | variant | batch | devices | compile s | step ms (median) | pipelined ms | "
+              "| stage | variant | conv | batch | devices | compile s | step ms (median) | pipelined ms | "
               "images/s | GFLOP/step | GFLOP/s | MFU | temp GiB | peak GiB |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for stage, r in train_rows:
       mem = r["memory"]
       lines.append(
-          f"| {stage} | {r['variant']} | {r['batch_size']} | {r['devices']} | "
+          f"| {stage} | {r['variant']} | {r['conv_impl']} | {r['batch_size']} | {r['devices']} | "
           f"{r['compile_s']:.1f} | {r['step_s'] * 1e3:.2f} | {r['pipelined_step_s'] * 1e3:.2f} | "
           f"{r['images_per_s']:.1f} | {r['flops_per_step'] / 1e9:.3f} | "
           f"{r['achieved_flops'] / 1e9:.2f} | {_fmt(r.get('mfu'))} | "

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cdm import bench, cascade_config, models, perf, sharding, stage_sampler, train
+from cdm import bench, cascade_config, perf, sharding, stage_sampler, train
 
 
 def small(path="configs/mnist/base16.py", **overrides):
@@ -59,7 +59,7 @@ def test_measured_cpu_peak_uses_every_host_device():
 def test_train_steps_and_sampler_do_not_sync_with_the_host():
   """Several compiled train steps and a compiled sampler run with implicit transfers disallowed
   and no device-to-host transfer at all (not even explicit): nothing in them waits on the host."""
-  c = small("configs/mnist/sr16_32.py", **{"data.image_size": 8, "data.low_res_size": 4})
+  c = small()  # the same programs as the test above (shared through the compilation cache)
   mesh = sharding.make_mesh(c.mesh)
   model, diffusion, tx = train.build(c)
   _, state_sh = train.state_shardings(c, model, tx, mesh)
@@ -82,3 +82,22 @@ def test_train_steps_and_sampler_do_not_sync_with_the_host():
   jax.block_until_ready((state, pending, out))
   assert int(state.step) == 3
   assert out.shape == (8, 8, 8, 1) and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_im2col_conv_matches_xla_conv_and_its_gradients():
+  """model.conv_impl="im2col" (an XLA:CPU speed option) computes the same conv and gradients."""
+  from cdm.models import layers  # pylint: disable=g-import-not-at-top
+  kx, kw = jax.random.split(jax.random.PRNGKey(0))
+  x = jax.random.normal(kx, (2, 8, 8, 32))
+  for shape, strides, padding in (((3, 3, 32, 16), (1, 1), ((1, 1), (1, 1))),
+                                  ((3, 3, 32, 16), (2, 2), ((1, 1), (1, 1))),
+                                  ((1, 1, 32, 16), (1, 1), "SAME")):
+    w = jax.random.normal(kw, shape) * 0.1
+    ref = lambda a, b, s=strides, p=padding: jax.lax.conv_general_dilated(
+        a, b, s, p, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    new = lambda a, b, s=strides, p=padding: layers.conv_im2col(a, b, s, p)
+    np.testing.assert_allclose(new(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+    g_ref = jax.grad(lambda a, b: jnp.sum(ref(a, b) ** 2), (0, 1))(x, w)
+    g_new = jax.grad(lambda a, b: jnp.sum(new(a, b) ** 2), (0, 1))(x, w)
+    for a, b in zip(g_new, g_ref):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -85,14 +85,66 @@ class GroupNorm32(nn.Module):
     return (y * scale + bias).astype(x.dtype)
 
 
+CONV_IMPLS = ("xla", "im2col", "auto")
+
+
+def conv_im2col(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                dimension_numbers=None, feature_group_count=1, precision=None, **unused):
+  """``lax.conv_general_dilated`` for NHWC x HWIO as patches + one matmul (im2col).
+
+  The forward pass and both gradients become ``dot_general`` (plus pads, slices and concats), which
+  XLA:CPU runs at matmul speed, while its native convolution gradients are slow. Same parameters and
+  results (to float rounding) as the convolution. No dilation, no feature groups.
+  """
+  del unused
+  if any(d != 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ())):
+    raise ValueError("conv_im2col: dilation is not supported")
+  if feature_group_count != 1:
+    raise ValueError("conv_im2col: feature groups are not supported")
+  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+  if jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers or nhwc) != nhwc:
+    raise ValueError(f"conv_im2col: expected NHWC / HWIO / NHWC, got {dimension_numbers}")
+  kh, kw, ci, co = rhs.shape
+  if isinstance(padding, str):  # "SAME" / "VALID"
+    padding = jax.lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), window_strides, padding)
+  (pt, pb), (pl, pr) = padding
+  x = jnp.pad(lhs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  b, h, w, _ = x.shape
+  sh, sw = window_strides
+  ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+  cols = [x[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :]
+          for i in range(kh) for j in range(kw)]
+  patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)  # (i, j, c) order
+  out = jax.lax.dot_general(patches.reshape(b * ho * wo, kh * kw * ci),
+                            rhs.reshape(kh * kw * ci, co), (((1,), (0,)), ((), ())),
+                            precision=precision)
+  return out.reshape(b, ho, wo, co)
+
+
+def conv_general_dilated_fn(impl: str = "xla"):
+  """The convolution primitive for ``nn.Conv``: None (XLA's) or :func:`conv_im2col`.
+
+  ``"auto"`` picks im2col when the default backend is CPU and XLA's convolution elsewhere.
+  """
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"model.conv_impl={impl!r}: expected one of {CONV_IMPLS}")
+  if impl == "auto":
+    impl = "im2col" if jax.default_backend() == "cpu" else "xla"
+  return conv_im2col if impl == "im2col" else None
+
+
 def conv3x3(features: int, dtype: Dtype, name: str, zero_init: bool = False,
-            strides: int = 1) -> nn.Conv:
-  """3x3 convolution with torch-style symmetric padding 1 (also for stride 2)."""
+            strides: int = 1, impl: str = "xla") -> nn.Conv:
+  """3x3 convolution with torch-style symmetric padding 1 (also for stride 2).
+
+  ``impl`` selects how it is computed (:func:`conv_general_dilated_fn`); parameters are the same.
+  """
   kwargs = {}
   if zero_init:
     kwargs = dict(kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
   return nn.Conv(features, (3, 3), strides=(strides, strides), padding=((1, 1), (1, 1)),
-                 dtype=dtype, param_dtype=jnp.float32, name=name, **kwargs)
+                 dtype=dtype, param_dtype=jnp.float32, name=name,
+                 conv_general_dilated=conv_general_dilated_fn(impl), **kwargs)
 
 
 def avg_pool2x(x: jax.Array) -> jax.Array:
@@ -115,11 +167,12 @@ class Downsample(nn.Module):
   """
   channels: int
   dtype: Dtype = jnp.float32
+  conv_impl: str = "xla"  # see conv3x3
 
   @nn.compact
   def __call__(self, x: jax.Array, emb: jax.Array | None = None) -> jax.Array:
     del emb
-    return conv3x3(self.channels, self.dtype, "op", strides=2)(x)
+    return conv3x3(self.channels, self.dtype, "op", strides=2, impl=self.conv_impl)(x)
 
 
 class Upsample(nn.Module):
@@ -131,11 +184,12 @@ class Upsample(nn.Module):
   """
   channels: int
   dtype: Dtype = jnp.float32
+  conv_impl: str = "xla"  # see conv3x3
 
   @nn.compact
   def __call__(self, x: jax.Array, emb: jax.Array | None = None) -> jax.Array:
     del emb
-    return conv3x3(self.channels, self.dtype, "conv")(nearest_up2x(x))
+    return conv3x3(self.channels, self.dtype, "conv", impl=self.conv_impl)(nearest_up2x(x))
 
 
 class ResBlock(nn.Module):
@@ -161,6 +215,7 @@ class ResBlock(nn.Module):
   down: bool = False
   deterministic: bool = True
   dtype: Dtype = jnp.float32
+  conv_impl: str = "xla"  # how convolutions are computed (conv3x3); same parameters
 
   @nn.compact
   def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
@@ -171,7 +226,7 @@ class ResBlock(nn.Module):
       h, x = nearest_up2x(h), nearest_up2x(x)
     elif self.down:
       h, x = avg_pool2x(h), avg_pool2x(x)
-    h = conv3x3(self.out_channels, self.dtype, "in_conv")(h)
+    h = conv3x3(self.out_channels, self.dtype, "in_conv", impl=self.conv_impl)(h)
 
     width = 2 * self.out_channels if self.use_scale_shift_norm else self.out_channels
     e = nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32, name="emb_proj")(nn.silu(emb))
@@ -184,10 +239,12 @@ class ResBlock(nn.Module):
       h = out_norm(h + e)
     h = nn.silu(h)
     h = nn.Dropout(self.dropout, deterministic=self.deterministic)(h)
-    h = conv3x3(self.out_channels, self.dtype, "out_conv", zero_init=True)(h)
+    h = conv3x3(self.out_channels, self.dtype, "out_conv", zero_init=True,
+                impl=self.conv_impl)(h)
 
     if x.shape[-1] != self.out_channels:
       x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
+                  conv_general_dilated=conv_general_dilated_fn(self.conv_impl),
                   name="skip_connection")(x)
     return x + h
 

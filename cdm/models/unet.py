@@ -70,6 +70,8 @@ class UNet(nn.Module):
     dtype: compute dtype of convs, dense layers and activations; parameters, GroupNorm statistics,
       the softmax, the embeddings and the output head stay float32. The output is always float32.
     remat: rematerialise residual and attention blocks in the backward pass (saves memory).
+    conv_impl: how convolutions are computed, ``layers.CONV_IMPLS`` (``"im2col"``: patches + matmul;
+      ``"auto"``: im2col on CPU, XLA's convolution elsewhere); the parameters do not depend on it.
   """
   model_channels: int = 32
   channel_mult: Sequence[float] = (1, 2)
@@ -92,6 +94,7 @@ class UNet(nn.Module):
   use_new_attention_order: bool = False
   dtype: Dtype = jnp.float32
   remat: bool = False
+  conv_impl: str = "xla"
 
   # ------------------------------------------------------------------ static properties
   @property
@@ -269,7 +272,8 @@ class UNet(nn.Module):
 
     def res(out_ch, name, up=False, down=False):
       return res_cls(out_ch, dropout=self.dropout, use_scale_shift_norm=self.use_scale_shift_norm,
-                     up=up, down=down, deterministic=not train, dtype=dt, name=name)
+                     up=up, down=down, deterministic=not train, dtype=dt, name=name,
+                     conv_impl=self.conv_impl)
 
     def attn(name, decoder=False):
       return attn_cls(num_heads=self._heads(decoder), num_head_channels=self.num_head_channels,
@@ -284,7 +288,7 @@ class UNet(nn.Module):
     # Encoder: every block's output is a skip.
     widths = self.level_channels()
     ch = widths[0]
-    h = layers.conv3x3(ch, dt, "input_blocks_0_0")(h.astype(dt))
+    h = layers.conv3x3(ch, dt, "input_blocks_0_0", impl=self.conv_impl)(h.astype(dt))
     self.sow("intermediates", "input_blocks_0", h)
     skips, idx, ds = [h], 1, 1
     for level, width in enumerate(widths):
@@ -301,7 +305,7 @@ class UNet(nn.Module):
         if self.resblock_updown:
           h = res(ch, name, down=True)(h, emb)
         else:
-          h = layers.Downsample(ch, dtype=dt, name=name)(h)
+          h = layers.Downsample(ch, dtype=dt, name=name, conv_impl=self.conv_impl)(h)
         self.sow("intermediates", f"input_blocks_{idx}", h)
         skips.append(h)
         idx += 1
@@ -328,14 +332,15 @@ class UNet(nn.Module):
           if self.resblock_updown:
             h = res(ch, name, up=True)(h, emb)
           else:
-            h = layers.Upsample(ch, dtype=dt, name=name)(h)
+            h = layers.Upsample(ch, dtype=dt, name=name, conv_impl=self.conv_impl)(h)
           ds //= 2
         self.sow("intermediates", f"output_blocks_{idx}", h)
         idx += 1
 
     # Head (float32, like guided-diffusion under fp16).
     h = nn.silu(layers.GroupNorm32(name="out_0")(h.astype(jnp.float32)))
-    return layers.conv3x3(self.out_channels, jnp.float32, "out_2", zero_init=True)(h)
+    return layers.conv3x3(self.out_channels, jnp.float32, "out_2", zero_init=True,
+                          impl=self.conv_impl)(h)
 
 
 # ---------------------------------------------------------------------- factory and sizes
@@ -373,6 +378,7 @@ def model_kwargs(config) -> dict[str, Any]:
       use_new_attention_order=bool(m.use_new_attention_order),
       dtype=jnp.dtype(m.dtype),
       remat=bool(m.remat),
+      conv_impl=str(m.get("conv_impl", "xla")),
   )
 
 
