@@ -38,28 +38,33 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Stage or cascade config file (path[:variant]).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory for bench.json / bench.md.")
-_PARTS = flags.DEFINE_list("parts", ["train", "sample", "pipeline"],
-                           "What to measure: train, sample, pipeline.")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps (median reported).")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed train steps after compilation.")
-_SAMPLE_STEPS = flags.DEFINE_list(
-    "sample_steps", [], "Sampling step counts; empty = the stage's sample.num_steps (cascade: each "
-    "entry's num_steps).")
-_SAMPLE_BATCH = flags.DEFINE_integer(
-    "sample_batch", 0, "Sampling batch; 0 = train.batch_size (cascade: its batch_size).")
-_SAMPLE_REPEATS = flags.DEFINE_integer("sample_repeats", 3, "Timed sampler calls (median).")
-_PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 100, "Timed input-pipeline batches.")
-_VARIANTS = flags.DEFINE_list(
-    "variants", ["auto"], "Train-step variants: default, bf16, remat, bf16_remat, all; auto = "
-    "default on CPU, all on accelerators.")
-_HOST_DEVICES = flags.DEFINE_integer(
-    "host_devices", 0, "CPU only: number of XLA host devices (0 = leave XLA_FLAGS as they are).")
-_PEAK = flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s of the whole mesh; 0 = CPU: measured, "
-                           "accelerator: published bf16 peak x devices.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+def _define_flags():
+  """Flags exist only when this module runs as a command (importing it, e.g. from tests, never
+  clashes with cdm.main's --config / --workdir)."""
+  config_flags.DEFINE_config_file(
+      "config", None, "Stage or cascade config file (path[:variant]).", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Output directory for bench.json / bench.md.")
+  flags.DEFINE_list("parts", ["train", "sample", "pipeline"],
+                    "What to measure: train, sample, pipeline.")
+  flags.DEFINE_integer("steps", 10, "Timed train steps (median reported).")
+  flags.DEFINE_integer("warmup", 3, "Untimed train steps after compilation.")
+  flags.DEFINE_list(
+      "sample_steps", [], "Sampling step counts; empty = the stage's sample.num_steps (cascade: each "
+      "entry's num_steps).")
+  flags.DEFINE_integer(
+      "sample_batch", 0, "Sampling batch; 0 = train.batch_size (cascade: its batch_size).")
+  flags.DEFINE_integer("sample_repeats", 3, "Timed sampler calls (median).")
+  flags.DEFINE_integer("pipeline_batches", 100, "Timed input-pipeline batches.")
+  flags.DEFINE_list(
+      "variants", ["auto"], "Train-step variants: default, bf16, remat, bf16_remat, all; auto = "
+      "default on CPU, all on accelerators.")
+  flags.DEFINE_integer(
+      "host_devices", 0, "CPU only: number of XLA host devices (0 = leave XLA_FLAGS as they are).")
+  flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s of the whole mesh; 0 = CPU: measured, "
+                     "accelerator: published bf16 peak x devices.")
+  flags.mark_flags_as_required(["config", "workdir"])
+
 
 VARIANTS = {"default": {}, "bf16": {"model.dtype": "bfloat16"}, "remat": {"model.remat": True},
             "bf16_remat": {"model.dtype": "bfloat16", "model.remat": True}}
@@ -497,18 +502,19 @@ def set_host_devices(n: int) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  set_host_devices(_HOST_DEVICES.value)
+  set_host_devices(flags.FLAGS.host_devices)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
-  result = run(_CONFIG.value, parts=tuple(_PARTS.value), steps=_STEPS.value, warmup=_WARMUP.value,
-               sample_steps=tuple(int(s) for s in _SAMPLE_STEPS.value),
-               sample_batch=_SAMPLE_BATCH.value, sample_repeats=_SAMPLE_REPEATS.value,
-               pipeline_batches=_PIPELINE_BATCHES.value, variants=_VARIANTS.value,
-               peak_override=_PEAK.value)
-  jpath, mpath = write(result, _WORKDIR.value)
+  f = flags.FLAGS
+  result = run(f.config, parts=tuple(f.parts), steps=f.steps, warmup=f.warmup,
+               sample_steps=tuple(int(s) for s in f.sample_steps), sample_batch=f.sample_batch,
+               sample_repeats=f.sample_repeats, pipeline_batches=f.pipeline_batches,
+               variants=f.variants, peak_override=f.peak_flops)
+  jpath, mpath = write(result, flags.FLAGS.workdir)
   print(to_markdown(result))
   print(f"Wrote {jpath} and {mpath}")
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -20,12 +20,6 @@ import tensorflow_datasets as tfds
 from cdm.data import mnist_builder
 from cdm.data import sources
 
-_DATASET = flags.DEFINE_string("dataset", None, "Dataset: a TFDS name, cdm_mnist, or "
-                               "image_folder:/root.", required=True)
-_DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data_dir (local or gs://); '' = TFDS default.")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "Folder with manually downloaded files; '' = "
-                                  "<data_dir>/downloads/manual.")
-
 
 def prepare(dataset: str, data_dir: str = "", manual_dir: str = "") -> dict[str, int]:
   """Prepares ``dataset`` in ``data_dir``; returns ``{split: num_examples}``."""
@@ -41,13 +35,24 @@ def prepare(dataset: str, data_dir: str = "", manual_dir: str = "") -> dict[str,
   return {name: info.num_examples for name, info in builder.info.splits.items()}
 
 
+def _define_flags():
+  """Flags exist only when this module runs as a command, so importing it never clashes with
+  another command's flags (``--data_dir`` is a common name)."""
+  flags.DEFINE_string("dataset", None, "Dataset: a TFDS name, cdm_mnist, or image_folder:/root.",
+                      required=True)
+  flags.DEFINE_string("data_dir", "", "TFDS data_dir (local or gs://); '' = TFDS default.")
+  flags.DEFINE_string("manual_dir", "", "Folder with manually downloaded files; '' = "
+                      "<data_dir>/downloads/manual.")
+
+
 def main(argv):
   del argv
-  splits = prepare(_DATASET.value, _DATA_DIR.value, _MANUAL_DIR.value)
-  logging.info("%s ready in %s: %s", _DATASET.value, _DATA_DIR.value or "~/tensorflow_datasets",
-               splits)
-  print(f"{_DATASET.value}: {splits}")
+  f = flags.FLAGS
+  splits = prepare(f.dataset, f.data_dir, f.manual_dir)
+  logging.info("%s ready in %s: %s", f.dataset, f.data_dir or "~/tensorflow_datasets", splits)
+  print(f"{f.dataset}: {splits}")
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
