@@ -193,7 +193,10 @@ def sweep(config, workdir: str) -> dict:
                                           sampler=entry.sampler)
     sr_noisy = None
     for form in config.sweep.aug_forms:
-      for s in config.sweep.aug_levels:
+      levels = config.sweep.aug_levels
+      if form == "truncated":  # optional shorter list for the (costlier) truncated form
+        levels = tuple(config.sweep.get("truncated_levels", ())) or levels
+      for s in levels:
         if form == "truncated":
           if s == 0:
             continue

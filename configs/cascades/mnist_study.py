@@ -18,9 +18,9 @@ from cdm import cascade_config as cc
 SCALES = {
     "tiny": dict(num_samples=8, batch_size=8, base_steps=4, sr_steps=4, levels=(0, 251),
                  classifier_steps=20, cas_steps=20, classifier_batch_size=32),
-    "small": dict(num_samples=100, batch_size=50, base_steps=50, sr_steps=15,
-                  levels=(0, 101, 301, 601), classifier_steps=400, cas_steps=150,
-                  classifier_batch_size=64),
+    "small": dict(num_samples=100, batch_size=50, base_steps=50, sr_steps=10,
+                  levels=(0, 101, 301, 601), truncated_levels=(301,), classifier_steps=400,
+                  cas_steps=150, classifier_batch_size=64),
     "full": dict(num_samples=1000, batch_size=100, base_steps=100, sr_steps=50,
                  levels=(0, 21, 51, 101, 201, 301, 401, 601, 801), classifier_steps=1500,
                  cas_steps=1500, classifier_batch_size=128),
@@ -51,6 +51,7 @@ def get_config(variant: str = ""):
   c.eval.cas_steps = p["cas_steps"]
   c.eval.classifier_batch_size = p["classifier_batch_size"]
   c.eval.precision_recall = scale != "tiny"
+  c.sweep.truncated_levels = tuple(p.get("truncated_levels", ()))  # () = the same levels
   c.sweep.stage = "sr"
   c.sweep.ground_truth = True
   if noaug:  # Trained on clean inputs only: s = 0 is the only level it knows.
