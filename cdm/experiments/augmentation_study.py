@@ -75,6 +75,8 @@ _SR_STEPS = flags.DEFINE_integer("sr_steps", None, "Training steps of both SR mo
                                  "the scale's, TRAIN).")
 _SR_BATCH = flags.DEFINE_integer("sr_batch", None, "Batch size of both SR models (default: the "
                                  "scale's).")
+_ONLY = flags.DEFINE_list("only", [], "Run only these steps (e.g. sr_noaug, or reference,sweep_aug "
+                         "in a second process while sr_noaug trains) and skip the report.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
 
 
@@ -219,6 +221,13 @@ def _save_json(path, obj):
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=1, sort_keys=True, default=float)
   os.replace(tmp, path)
+
+
+def _update_record(path, name, rec):
+  """Sets one step's record, re-reading the file first (steps may run in parallel processes)."""
+  records = _load_json(path, {})
+  records[name] = rec
+  _save_json(path, records)
 
 
 def _train_target(argv):
@@ -471,7 +480,7 @@ def _crop_grid(src: str, dst: str, rows: int = 2) -> bool:
 
 
 def _fmt(v, nd=3):
-  if v is None:
+  if v is None or (isinstance(v, float) and v != v):  # None or nan
     return ""
   if isinstance(v, float):
     return f"{v:.{nd}f}"
@@ -484,6 +493,21 @@ def _duration(s):
   s = int(round(s))
   return f"{s // 3600}h {s % 3600 // 60:02d}m {s % 60:02d}s" if s >= 3600 else (
       f"{s // 60}m {s % 60:02d}s")
+
+
+def _span(phases):
+  """(seconds from the first recorded start to the last finish, "a and b" overlapping) or None."""
+  iv = []
+  for p in phases:
+    if p.get("started") and p.get("finished"):
+      a = datetime.datetime.fromisoformat(p["started"]).timestamp()
+      b = datetime.datetime.fromisoformat(p["finished"]).timestamp()
+      iv.append((a - float(p.get("earlier_wall_s") or 0.0), b, p["name"]))
+  if not iv:
+    return None
+  overlap = sorted({n for a1, b1, n in iv for a2, b2, m in iv if n != m and a1 < b2 and a2 < b1})
+  return (max(b for _, b, _ in iv) - min(a for a, _, _ in iv),
+          " and ".join(overlap) if overlap else "")
 
 
 def write_report(study: dict, docs_dir: str, root: str) -> str:
@@ -558,7 +582,9 @@ def write_report(study: dict, docs_dir: str, root: str) -> str:
   L.append(f"| sampling | {s['num_samples']} samples per setting (balanced labels), base DDIM "
            f"{s['base_steps']} steps, SR DDIM {s['sr_steps']} steps, same seed for every setting |")
   L.append(f"| levels s | {', '.join(map(str, levels))} (1-indexed steps of the 1000-step cosine "
-           "schedule; truncated: the base's DDIM chain stops at s) |")
+           "schedule: z_s ~ q(z_s \\| z_0) corrupts the base sample); truncated form (the base's "
+           f"DDIM chain stops at s and hands z_s over): s = "
+           f"{', '.join(map(str, s.get('truncated_levels', levels)))} |")
   L.append(f"| classifier-FID | penultimate features of a small CNN trained on the 4000 real "
            f"training digits ({s['classifier_steps']} steps), reference statistics of that split |")
   L.append(f"| CAS | the same CNN trained only on the {s['num_samples']} samples "
@@ -609,8 +635,13 @@ def write_report(study: dict, docs_dir: str, root: str) -> str:
     cmd = p.get("command", "").replace("|", "\\|")
     L.append(f"| {p['name']} | {p['what']} | `{cmd}` | {_duration(wall)}"
              f"{' (' + p['note'] + ')' if p.get('note') else ''} |")
-  L.append(f"| | total | | {_duration(total)} |")
+  L.append(f"| | sum of the steps | | {_duration(total)} |")
   L.append("")
+  span = _span(study["phases"])
+  if span:
+    L.append(f"Elapsed from the first step's start to the last step's end: {_duration(span[0])}"
+             + (f"; {span[1]} ran in parallel (separate processes started with `--only`), so the "
+                "elapsed time is shorter than the sum" if span[1] else "") + ".\n")
   L.append(f"Raw numbers: [`{assets_name}/results.json`]({assets_name}/results.json); per-step "
            f"logs in `{_rel(root)}/logs/`. Generated {study['generated']}.\n")
   L.append("## Caveats\n")
@@ -646,7 +677,8 @@ def _machine() -> str:
 
 def run_study(scale: str = "small", workdir_root: str | None = None, base_workdir: str = "",
               docs_dir: str = "docs", data_dir: str = "", runner: str = "subprocess",
-              force=(), dry_run: bool = False, sr_steps=None, sr_batch=None) -> dict:
+              force=(), dry_run: bool = False, sr_steps=None, sr_batch=None,
+              only=()) -> dict:
   """Runs (or resumes) every step of the study and writes the results page; returns study.json."""
   root = os.path.abspath(workdir_root or ("workdirs/aug_study_tiny" if scale == "tiny"
                                           else "workdirs/aug_study"))
@@ -677,17 +709,22 @@ def run_study(scale: str = "small", workdir_root: str | None = None, base_workdi
     raise FileNotFoundError(f"--base_workdir={base_workdir} holds no checkpoint: train it first "
                             f"(python -m cdm.main --config={BASE_CONFIG} --workdir={base_workdir}).")
   for st in steps:
+    if only and st.name not in only:
+      continue
+    records = _load_json(record_path, {})  # another process may run other steps (--only)
     rec = records.get(st.name, {})
     wd = os.path.join(REPO, st.workdir)
     if st.name not in force and is_done(st, rec):
       logging.info("[study] %s: done (%s), skipped.", st.name, st.workdir)
       print(f"[study] {st.name}: already done, skipped", flush=True)
       if not rec:
-        records[st.name] = {"argv": st.argv, "wall_s": None, "note": "finished before this run"}
+        _update_record(record_path, st.name, {"argv": st.argv, "wall_s": None,
+                                              "note": "finished before this run"})
       continue
     print(f"[study] {st.name}: {command_line(st.argv)}", flush=True)
     t0 = time.perf_counter()
-    extra = {}
+    extra = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec="seconds")}
     if st.name == "reference":
       config, _, _ = parse_main_args(st.argv)
       write_real_samples(st.argv, int(config.num_samples),
@@ -709,12 +746,13 @@ def run_study(scale: str = "small", workdir_root: str | None = None, base_workdi
     wall = time.perf_counter() - t0 + earlier
     if earlier:
       extra.update(earlier_wall_s=earlier, note=rec.get("note", ""))
-    records[st.name] = {"argv": st.argv, "wall_s": wall,
-                        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                            timespec="seconds"), **extra}
-    _save_json(record_path, records)
+    _update_record(record_path, st.name, {
+        "argv": st.argv, "wall_s": wall, "finished": datetime.datetime.now(
+            datetime.timezone.utc).isoformat(timespec="seconds"), **extra})
     print(f"[study] {st.name}: {_duration(wall)}", flush=True)
-  _save_json(record_path, records)
+  if only:
+    return {}
+  records = _load_json(record_path, {})
 
   # --------------------------------------------------------------- results
   t0 = time.perf_counter()
@@ -743,6 +781,8 @@ def run_study(scale: str = "small", workdir_root: str | None = None, base_workdi
               "base_steps": int(sweep_cfg.stages.base.num_steps),
               "sr_steps": int(sweep_cfg.stages.sr.num_steps),
               "aug_levels": [int(x) for x in sweep_cfg.sweep.aug_levels],
+              "truncated_levels": [int(x) for x in (tuple(sweep_cfg.sweep.get(
+                  "truncated_levels", ())) or sweep_cfg.sweep.aug_levels) if x],
               "classifier_steps": int(sweep_cfg.eval.classifier_steps),
               "cas_steps": int(sweep_cfg.eval.cas_steps),
               "base_workdir": base, "base_step": base_step, "sr_train_steps": sr_steps,
@@ -751,7 +791,9 @@ def run_study(scale: str = "small", workdir_root: str | None = None, base_workdi
   for st in steps:
     rec = records.get(st.name, {})
     phases.append({"name": st.name, "what": st.what, "command": command_line(st.argv),
-                   "wall_s": rec.get("wall_s"), "note": rec.get("note", "")})
+                   "wall_s": rec.get("wall_s"), "note": rec.get("note", ""),
+                   "started": rec.get("started"), "finished": rec.get("finished"),
+                   "earlier_wall_s": rec.get("earlier_wall_s")})
   if base_workdir:
     phases.insert(0, {"name": "base", "what": "train the 16x16 base (done separately)",
                       "command": f"python -m cdm.main --config={BASE_CONFIG} --workdir={base}",
@@ -773,7 +815,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   run_study(_SCALE.value, _ROOT.value, _BASE.value, _DOCS.value, _DATA_DIR.value, _RUNNER.value,
-            tuple(_FORCE.value), _DRY_RUN.value, _SR_STEPS.value, _SR_BATCH.value)
+            tuple(_FORCE.value), _DRY_RUN.value, _SR_STEPS.value, _SR_BATCH.value,
+            tuple(_ONLY.value))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ SCALES = {
                  classifier_steps=20, cas_steps=20, classifier_batch_size=32),
     "small": dict(num_samples=100, batch_size=50, base_steps=50, sr_steps=10,
                   levels=(0, 101, 301, 601), truncated_levels=(301,), classifier_steps=400,
-                  cas_steps=150, classifier_batch_size=64),
+                  cas_steps=40, classifier_batch_size=128),
     "full": dict(num_samples=1000, batch_size=100, base_steps=100, sr_steps=50,
                  levels=(0, 21, 51, 101, 201, 301, 401, 601, 801), classifier_steps=1500,
                  cas_steps=1500, classifier_batch_size=128),
