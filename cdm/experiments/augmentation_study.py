@@ -705,9 +705,11 @@ def run_study(scale: str = "small", workdir_root: str | None = None, base_workdi
   record_path = os.path.join(root, "study_phases.json")
   records = _load_json(record_path, {})
   base_abs = os.path.join(REPO, base)
-  if base_workdir and final_step(base_abs) is None:
-    raise FileNotFoundError(f"--base_workdir={base_workdir} holds no checkpoint: train it first "
-                            f"(python -m cdm.main --config={BASE_CONFIG} --workdir={base_workdir}).")
+  needs_base = [st.name for st in steps if st.name in ("reference", "sweep_aug", "sweep_noaug")
+                and (not only or st.name in only)]
+  if base_workdir and needs_base and final_step(base_abs) is None:
+    raise FileNotFoundError(f"--base_workdir={base_workdir} holds no checkpoint, which "
+                            f"{', '.join(needs_base)} need: train it first (python -m cdm.main --config={BASE_CONFIG} --workdir={base_workdir}).")
   for st in steps:
     if only and st.name not in only:
       continue
