@@ -84,6 +84,7 @@ def eval_defaults() -> ml_collections.ConfigDict:
   e.cas_steps = 1500  # Steps for the CAS classifier trained on samples.
   e.samples = ""  # npz to evaluate; "" = the last stage's npz in the workdir (sampled if absent).
   e.precision_recall = True  # Kynkaanniemi et al. precision / recall (k = 3).
+  e.sfid = False  # Also sFID (Inception mixed_6/conv features; needs features="inception").
   return e
 
 
@@ -118,12 +119,14 @@ def imagenet_cascade(stage_files: dict, order, *, bucket: str = "gs://YOUR_BUCKE
   c.eval.classifier_steps = 0  # Unused with Inception features.
   c.eval.cas_steps = 20_000
   c.eval.classifier_batch_size = 256
+  c.eval.sfid = True
   c.sweep.aug_levels = (0, 250, 500, 1000, 1500, 2000)  # On the base's T=4000 scale.
   c.sweep.aug_forms = ("non_truncated", "truncated")
   if variant == "tiny":
     shrink_chain(c)
     c.num_samples, c.batch_size = 8, 8
     c.eval.features = "classifier"
+    c.eval.sfid = False
     c.eval.classifier_steps = c.eval.cas_steps = 20
     c.sweep.aug_levels = (0, 100)
   return c

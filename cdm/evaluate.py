@@ -51,13 +51,18 @@ class Evaluator:
 
   def __init__(self, stage_config, eval_config, workdir: str):
     self.stage, self.cfg, self.workdir = stage_config, eval_config, workdir
+    self.sfid = bool(eval_config.get("sfid", False))
+    if self.sfid and eval_config.features != "inception":
+      raise ValueError("eval.sfid=True needs Inception features (sFID is defined on Inception's "
+                       "mixed_6/conv maps): set --config.eval.features=inception or "
+                       "--config.eval.sfid=False.")
     d = stage_config.data
     self.tag = f"{d.dataset.replace('/', '_').replace(':', '_')}_{d.image_size}px_c{d.channels}"
     self.real = load_split(stage_config, eval_config.reference_split,
                            eval_config.reference_examples)
     self.test = load_split(stage_config, d.eval_split)
     if eval_config.features == "classifier":
-      path = os.path.join(workdir, f"feature_classifier_{self.tag}.npz")
+      path = fileio.join(workdir, f"feature_classifier_{self.tag}.npz")
       params, apply_fn = classifier_lib.train_or_load_classifier(
           path, self.real["image"], self.real["label"], d.num_classes,
           steps=eval_config.classifier_steps, batch_size=eval_config.classifier_batch_size)
@@ -72,7 +77,7 @@ class Evaluator:
             "with python -m cdm.evaluation.inception --convert=X.pth --out=X.npz) and set it.")
       from cdm.evaluation import inception  # pylint: disable=g-import-not-at-top
       self.feature_fn = inception.make_feature_fn(inception.load_params(
-          eval_config.inception_weights))
+          eval_config.inception_weights), spatial=self.sfid)
       self.label_accuracy = False
     else:
       raise ValueError(f"eval.features={eval_config.features!r}: expected 'classifier' or "
@@ -82,10 +87,16 @@ class Evaluator:
   def _reference(self):
     path = fileio.join(self.workdir, f"reference_{self.tag}_{self.cfg.features}.npz")
     if fileio.exists(path):
-      return fileio.load_npz(path)
+      ref = fileio.load_npz(path)
+      if not self.sfid or "spatial_mu" in ref:
+        return ref
+      logging.info("%s has no sFID statistics: recomputing it.", path)
     feats = pipeline.extract_features(self.feature_fn, self.real["image"])
     mu, sigma = frechet.compute_statistics(feats["features"])
     ref = {"mu": mu, "sigma": sigma, "features": feats["features"][:10_000]}
+    if "spatial_features" in feats:
+      ref["spatial_mu"], ref["spatial_sigma"] = frechet.compute_statistics(
+          feats["spatial_features"])
     if jax.process_index() == 0:
       fileio.save_npz(path, **ref)
     return ref
@@ -95,6 +106,10 @@ class Evaluator:
     out = {"num_samples": int(len(samples_uint8)),
            "fid": frechet.frechet_distance(*frechet.compute_statistics(gen["features"]),
                                            self.ref["mu"], self.ref["sigma"])}
+    if "spatial_features" in gen:
+      out["sfid"] = frechet.frechet_distance(
+          *frechet.compute_statistics(gen["spatial_features"]), self.ref["spatial_mu"],
+          self.ref["spatial_sigma"])
     if not self.label_accuracy and "logits" in gen and len(samples_uint8) >= 10:
       out["is_mean"], out["is_std"] = is_lib.inception_score(gen["logits"])
     if self.label_accuracy and "logits" in gen:
@@ -107,7 +122,7 @@ class Evaluator:
           self.stage.data.num_classes, real_train_images=self.real["image"],
           real_train_labels=self.real["label"], steps=self.cfg.cas_steps,
           batch_size=self.cfg.classifier_batch_size,
-          real_classifier_path=os.path.join(self.workdir, f"cas_real_classifier_{self.tag}.npz")))
+          real_classifier_path=fileio.join(self.workdir, f"cas_real_classifier_{self.tag}.npz")))
     return {k: float(v) for k, v in out.items()}
 
 

@@ -195,13 +195,26 @@ def test_inception_weight_loader(fake_weights, tmp_path):
 
 
 def test_inception_forward_shapes(fake_weights):
-  fn = inception.make_feature_fn(fake_weights[2], resize_input=False)
+  fn = inception.make_feature_fn(fake_weights[2], resize_input=False, spatial=True)
   images = np.random.default_rng(0).integers(0, 256, (2, 75, 75, 1), dtype=np.uint8)
   start = time.time()
   out = jax.block_until_ready(fn(images))  # ~10 s on 2 CPU cores, almost all compilation.
   print(f"Inception forward (compile + run), batch 2 at 75 px: {time.time() - start:.1f} s")
   assert out["features"].shape == (2, 2048) and out["features"].dtype == jnp.float32
   assert out["logits"].shape == (2, 1008) and out["logits"].dtype == jnp.float32
+  # sFID features: the first 7 channels of Mixed_6d.branch1x1 (TF mixed_6/conv), (H, W, C) order;
+  # Mixed_6d is 3x3 at 75 px (17x17 -> 2023 features at 299 px). Read here from the sub-module's own
+  # captured output, not from the concatenation the model slices.
+  model = inception.InceptionV3(resize_input=False)
+  _, inter = jax.jit(lambda p, x: model.apply(
+      {"params": p}, x, capture_intermediates=lambda mdl, _: mdl.name == "branch1x1"))(
+          jax.tree_util.tree_map(jnp.asarray, fake_weights[2]), inception.preprocess(images))
+  b1 = np.asarray(inter["intermediates"]["Mixed_6d"]["branch1x1"]["__call__"][0])
+  assert b1.shape == (2, 3, 3, 192)
+  assert out["spatial_features"].shape == (2, 3 * 3 * 7)
+  np.testing.assert_allclose(out["spatial_features"], b1[..., :7].reshape(2, -1), rtol=1e-5,
+                             atol=1e-6)
+  assert "spatial_features" not in inception.make_feature_fn(fake_weights[2])(images[:, :8, :8])
   assert np.isfinite(out["features"]).all() and np.isfinite(out["logits"]).all()
   assert (np.asarray(out["features"]) >= 0).all()  # Mean of ReLU outputs.
   with pytest.raises(ValueError, match="smaller than 75"):
@@ -331,4 +344,23 @@ def test_evaluate_samples():
   worse = pipeline.evaluate_samples(dark, None, None, None, fn, batch_size=64,
                                     real_features=real_feats, pr_max_samples=100)
   assert worse["fid"] > 1.0 and worse["precision"] < 0.5
-  assert "accuracy" not in worse
+  assert "accuracy" not in worse and "sfid" not in worse
+  # sFID: the Frechet distance of the "spatial_features", whenever the feature function has them.
+  def with_spatial(b):
+    return {**fn(b), "spatial_features": fn(b)["features"][:, ::-1] * 2.0}
+  both = pipeline.evaluate_samples(dark, None, real, None, with_spatial, batch_size=64,
+                                   precision_recall=False)
+  gs = pipeline.extract_features(with_spatial, dark, batch_size=64)["spatial_features"]
+  rs = pipeline.extract_features(with_spatial, real, batch_size=64)["spatial_features"]
+  want = frechet.frechet_distance(*frechet.compute_statistics(gs), *frechet.compute_statistics(rs))
+  np.testing.assert_allclose(both["sfid"], want, rtol=1e-9)
+  np.testing.assert_allclose(both["sfid"], 4.0 * both["fid"], rtol=1e-6)  # permuted, scaled by 2
+
+
+def test_sfid_needs_inception_features(tmp_path):
+  from cdm import cascade_config, evaluate  # pylint: disable=g-import-not-at-top
+  stage = cascade_config.load_stage_config("configs/mnist/sr16_32.py", "tiny")
+  ev = cascade_config.eval_defaults()
+  ev.sfid = True
+  with pytest.raises(ValueError, match="features=inception"):
+    evaluate.Evaluator(stage, ev, str(tmp_path))

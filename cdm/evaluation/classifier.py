@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -26,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from cdm import fileio
 
 
 class SmallCNN(nn.Module):
@@ -204,25 +205,22 @@ def save_classifier(path: str, params, apply_fn) -> None:
   cfg = apply_fn.config
   flat = {"params/" + "/".join(str(getattr(k, "key", k)) for k in kp): np.asarray(v)
           for kp, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, config=np.asarray(json.dumps(dataclasses.asdict(cfg))), **flat)
-  os.replace(tmp, path)
+  fileio.save_npz(path, config=np.asarray(json.dumps(dataclasses.asdict(cfg))), **flat)  # atomic
 
 
 def load_classifier(path: str) -> tuple[Any, Callable]:
   """Reads a classifier written by :func:`save_classifier` -> ``(params, apply_fn)``."""
-  with np.load(path) as f:
-    cfg_dict = json.loads(str(f["config"]))
-    params: dict = {}
-    for k in f.files:
-      if not k.startswith("params/"):
-        continue
-      node = params
-      *parents, leaf = k.split("/")[1:]
-      for p in parents:
-        node = node.setdefault(p, {})
-      node[leaf] = jnp.asarray(f[k])
+  f = fileio.load_npz(path)
+  cfg_dict = json.loads(str(f["config"]))
+  params: dict = {}
+  for k, v in f.items():
+    if not k.startswith("params/"):
+      continue
+    node = params
+    *parents, leaf = k.split("/")[1:]
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = jnp.asarray(v)
   cfg_dict["image_shape"] = tuple(cfg_dict["image_shape"])
   return params, make_apply_fn(ClassifierConfig(**cfg_dict))
 
@@ -233,7 +231,7 @@ def train_or_load_classifier(path: str, images_uint8, labels, num_classes: int,
 
   A cached classifier whose ``num_classes`` or image shape differs from the data raises ``ValueError``.
   """
-  if path and os.path.exists(path):
+  if path and fileio.exists(path):
     params, apply_fn = load_classifier(path)
     shape = tuple(_as_nhwc(images_uint8).shape[1:])
     cfg = apply_fn.config

@@ -57,6 +57,7 @@ NUM_CLASSES = 1008
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
 MIN_INPUT_SIZE = 75  # Smallest input the un-resized network accepts.
+SPATIAL_CHANNELS = 7  # sFID: channels of mixed_6/conv kept (guided-diffusion evaluator).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,7 +263,13 @@ class FIDInceptionE(_Block):
 
 class InceptionV3(nn.Module):
   """FID Inception-v3. ``__call__(x)`` with ``x`` float (B, H, W, 3) in [-1, 1] (H, W >= 75, or any
-  size when ``resize_input``) -> ``{"pool": (B, 2048), "logits": (B, 1008)}`` in float32.
+  size when ``resize_input``) -> ``{"pool": (B, 2048), "logits": (B, 1008), "spatial": (B, S)}`` in
+  float32.
+
+  ``spatial`` are the sFID features (Nash et al. 2021, "Generating images with sparse
+  representations", as computed by guided-diffusion's evaluator): the first 7 channels of the
+  TF graph's ``mixed_6/conv`` (the ReLU output of ``Mixed_6d.branch1x1``, 17x17 at 299 px, i.e. the
+  first 192 channels of ``Mixed_6d``'s output), flattened in (H, W, C) order: S = 17 * 17 * 7 = 2023.
   """
   resize_input: bool = True
   precision: Any = jax.lax.Precision.HIGHEST
@@ -286,12 +293,14 @@ class InceptionV3(nn.Module):
     x = InceptionB(precision=p, name="Mixed_6a")(x)
     for name in ("Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"):
       x = FIDInceptionC(precision=p, name=name)(x)
+      if name == "Mixed_6d":  # Channels [0, 192) of the concat are branch1x1's ReLU output.
+        spatial = x[..., :SPATIAL_CHANNELS].reshape(x.shape[0], -1)
     x = InceptionD(precision=p, name="Mixed_7a")(x)
     x = FIDInceptionE(pool="avg", precision=p, name="Mixed_7b")(x)
     x = FIDInceptionE(pool="max", precision=p, name="Mixed_7c")(x)
     pool = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(NUM_CLASSES, precision=p, name="fc")(pool)
-    return {"pool": pool, "logits": logits}
+    return {"pool": pool, "logits": logits, "spatial": spatial}
 
 
 def resize(x, size: int = INPUT_SIZE):
@@ -420,8 +429,9 @@ def random_state_dict(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def make_feature_fn(params, *, input_range: str = "uint8", resize_input: bool = True,
-                    precision=jax.lax.Precision.HIGHEST) -> Callable:
-  """Jitted ``fn(images) -> {"features": (B, 2048), "logits": (B, 1008)}`` (float32).
+                    precision=jax.lax.Precision.HIGHEST, spatial: bool = False) -> Callable:
+  """Jitted ``fn(images) -> {"features": (B, 2048), "logits": (B, 1008)[, "spatial_features":
+  (B, 2023)]}`` (float32); ``spatial=True`` adds the sFID features (see :class:`InceptionV3`).
 
   ``images``: (B, H, W, C) with C in {1, 3} in ``input_range`` (see :func:`preprocess`).
   """
@@ -431,7 +441,10 @@ def make_feature_fn(params, *, input_range: str = "uint8", resize_input: bool = 
   @jax.jit
   def apply(params, images):  # params are an argument, not ~100 MB of constants in the program.
     out = model.apply({"params": params}, preprocess(images, input_range))
-    return {"features": out["pool"], "logits": out["logits"]}
+    feats = {"features": out["pool"], "logits": out["logits"]}
+    if spatial:
+      feats["spatial_features"] = out["spatial"]
+    return feats
 
   return functools.partial(apply, params)
 

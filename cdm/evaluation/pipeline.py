@@ -105,7 +105,8 @@ def evaluate_samples(images, labels, real_images, real_labels, feature_fn: Calla
     shard: see :func:`extract_features`.
 
   Returns:
-    A dict of Python floats: ``fid``, ``num_samples``, ``num_real``, and where available ``is_mean``,
+    A dict of Python floats: ``fid``, ``num_samples``, ``num_real``, and where available ``sfid``
+    (when ``feature_fn`` returns ``spatial_features``), ``is_mean``,
     ``is_std``, ``precision``, ``recall``, ``accuracy``, ``real_accuracy``.
   """
   gen = extract_features(feature_fn, images, batch_size=batch_size, shard=shard)
@@ -118,6 +119,9 @@ def evaluate_samples(images, labels, real_images, real_labels, feature_fn: Calla
                            "num_real": float(real["features"].shape[0])}
   out["fid"] = frechet.frechet_distance(*frechet.compute_statistics(gen["features"]),
                                         *frechet.compute_statistics(real["features"]))
+  if "spatial_features" in gen and "spatial_features" in real:  # sFID (Nash et al. 2021)
+    out["sfid"] = frechet.frechet_distance(*frechet.compute_statistics(gen["spatial_features"]),
+                                           *frechet.compute_statistics(real["spatial_features"]))
   if "logits" in gen and gen["logits"].shape[0] >= num_splits:
     out["is_mean"], out["is_std"] = is_lib.inception_score(gen["logits"], num_splits=num_splits)
   if precision_recall:

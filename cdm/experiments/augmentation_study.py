@@ -51,7 +51,7 @@ SR_CONFIG = {"aug": "configs/mnist/sr16_32.py", "noaug": "configs/mnist/sr16_32_
 # scale live in configs/cascades/mnist_study.py (SCALES).
 TRAIN = {
     "tiny": dict(base_steps=None, base_batch=None, sr_steps=None, sr_batch=None),
-    "small": dict(base_steps=None, base_batch=None, sr_steps=300, sr_batch=32),
+    "small": dict(base_steps=None, base_batch=None, sr_steps=1000, sr_batch=32),
     "full": dict(base_steps=None, base_batch=None, sr_steps=None, sr_batch=None),
 }
 # Disjoint real test subsets (of the per-setting sample count) for the FID noise floor.

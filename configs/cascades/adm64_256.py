@@ -23,9 +23,11 @@ def get_config(variant: str = ""):
   }
   c = cc.cascade_config(stages, ("adm64_cond", "adm_up64_256"), num_samples=50_000, batch_size=256)
   c.eval.features = "inception"
+  c.eval.sfid = True  # ADM reports sFID next to FID.
   if variant == "tiny":
     cc.shrink_chain(c)
     c.num_samples, c.batch_size = 8, 8
     c.eval.features = "classifier"
+    c.eval.sfid = False
     c.eval.classifier_steps = c.eval.cas_steps = 20
   return c

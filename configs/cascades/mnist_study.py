@@ -18,7 +18,7 @@ from cdm import cascade_config as cc
 SCALES = {
     "tiny": dict(num_samples=8, batch_size=8, base_steps=4, sr_steps=4, levels=(0, 251),
                  classifier_steps=20, cas_steps=20, classifier_batch_size=32),
-    "small": dict(num_samples=100, batch_size=50, base_steps=50, sr_steps=10,
+    "small": dict(num_samples=300, batch_size=100, base_steps=50, sr_steps=10,
                   levels=(0, 101, 301, 601), truncated_levels=(301,), classifier_steps=400,
                   cas_steps=40, classifier_batch_size=128),
     "full": dict(num_samples=1000, batch_size=100, base_steps=100, sr_steps=50,
