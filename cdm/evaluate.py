@@ -249,8 +249,11 @@ def sweep(config, workdir: str) -> dict:
   fileio.save_json(fileio.join(workdir, "sweep.json"), results)
   _write_sweep_scalars(workdir, rows)
   if jax.process_index() == 0:
-    _write_table(fileio.join(workdir, "sweep.md"), rows)
-    _plot(fileio.join(workdir, "sweep.png"), rows)
+    write_metric_table(fileio.join(workdir, "sweep.md"), rows,
+                       ("input", "form", "aug_level", "num_steps"))
+    plot_metric_curves(fileio.join(workdir, "sweep.png"), rows, metrics=("fid", "cas_top1"),
+                       x="aug_level", xlabel="conditioning augmentation level s",
+                       group=lambda r: (r["input"], r["form"], f"{r['num_steps']} steps"))
   return results
 
 
@@ -304,9 +307,9 @@ def _save_grid(workdir, tag, out):
 METRICS_TO_SHOW = ("fid", "cas_top1", "label_accuracy", "precision", "recall")
 
 
-def _write_table(path, rows):
-  cols = ["input", "form", "aug_level", "num_steps"] + [m for m in METRICS_TO_SHOW
-                                                        if any(m in r for r in rows)]
+def write_metric_table(path, rows, keys, metrics=METRICS_TO_SHOW):
+  """A Markdown table of ``rows``: the ``keys`` columns, then each metric some row has."""
+  cols = list(keys) + [m for m in metrics if any(m in r for r in rows)]
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   for r in rows:
     lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, ""))
@@ -314,20 +317,21 @@ def _write_table(path, rows):
   fileio.write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
 
 
-def _plot(path, rows):
+def plot_metric_curves(path, rows, *, metrics, x: str, group, xlabel: str):
+  """One panel per metric (those some row has): metric vs ``row[x]``, one curve per ``group(row)``
+  (a tuple; its items joined by ", " are the legend), written to ``path`` as PNG."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  metrics = [m for m in ("fid", "cas_top1") if any(m in r for r in rows)]
+  metrics = [m for m in metrics if any(m in r for r in rows)]
   fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)
-  groups = sorted({(r["input"], r["form"], r["num_steps"]) for r in rows})
+  groups = sorted({group(r) for r in rows})
   for ax, m in zip(axes[0], metrics):
     for g in groups:
-      pts = sorted((r["aug_level"], r[m]) for r in rows
-                   if (r["input"], r["form"], r["num_steps"]) == g and m in r)
+      pts = sorted((r[x], r[m]) for r in rows if group(r) == g and m in r)
       if pts:
-        ax.plot(*zip(*pts), marker="o", label=f"{g[0]}, {g[1]}, {g[2]} steps")
-    ax.set_xlabel("conditioning augmentation level s")
+        ax.plot(*zip(*pts), marker="o", label=", ".join(str(v) for v in g))
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(m)
     ax.grid(alpha=0.3)
   axes[0][0].legend(fontsize=7)

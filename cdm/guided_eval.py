@@ -10,7 +10,6 @@ precision-recall / CAS evaluator as ``--mode=eval``. Writes ``sweep_classifier_s
 
 from __future__ import annotations
 
-import io
 
 import jax
 import ml_collections
@@ -69,38 +68,10 @@ def sweep_classifier_scale(config, workdir: str) -> dict:
   results = {"stage": name, "rows": rows}
   fileio.save_json(fileio.join(workdir, "sweep_classifier_scale.json"), results)
   if jax.process_index() == 0:
-    _write_table(fileio.join(workdir, "sweep_classifier_scale.md"), rows)
-    _plot(fileio.join(workdir, "sweep_classifier_scale.png"), rows)
+    evaluate.write_metric_table(fileio.join(workdir, "sweep_classifier_scale.md"), rows,
+                                ("classifier_scale", "stage"), METRICS)
+    evaluate.plot_metric_curves(
+        fileio.join(workdir, "sweep_classifier_scale.png"), rows, x="classifier_scale",
+        metrics=("fid", "label_accuracy", "cas_top1", "is_mean"), xlabel="classifier scale s",
+        group=lambda r: (r["stage"],))
   return results
-
-
-def _write_table(path, rows):
-  cols = ["classifier_scale", "stage"] + [m for m in METRICS if any(m in r for r in rows)]
-  lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-  for r in rows:
-    lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r.get(c), float) else
-                                   str(r.get(c, "")) for c in cols) + " |")
-  fileio.write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
-
-
-def _plot(path, rows):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  metrics = [m for m in ("fid", "label_accuracy", "cas_top1", "is_mean")
-             if any(m in r for r in rows)]
-  fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)
-  for ax, m in zip(axes[0], metrics):
-    for stage in sorted({r["stage"] for r in rows}):
-      pts = sorted((r["classifier_scale"], r[m]) for r in rows if r["stage"] == stage and m in r)
-      if pts:
-        ax.plot(*zip(*pts), marker="o", label=stage)
-    ax.set_xlabel("classifier scale s")
-    ax.set_ylabel(m)
-    ax.grid(alpha=0.3)
-  axes[0][0].legend(fontsize=7)
-  fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, dpi=120, format="png")
-  fileio.write_bytes_atomic(path, buf.getvalue())
-  plt.close(fig)

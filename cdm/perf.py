@@ -34,18 +34,23 @@ def compiled_flops(compiled) -> float:
   return float((cost or {}).get("flops", 0.0))
 
 
-@functools.lru_cache(maxsize=None)
-def measured_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
-  """Achieved float32 FLOP/s of a large matmul on device 0 (the CPU's practical peak)."""
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
+def _best_time(f, a, repeats: int) -> float:
+  """Fastest of ``repeats`` timed calls ``f(a)`` (after one warm-up / compile call), in seconds."""
   f(a).block_until_ready()
   best = float("inf")
   for _ in range(repeats):
     t0 = time.perf_counter()
     f(a).block_until_ready()
     best = min(best, time.perf_counter() - t0)
-  return 2.0 * n ** 3 / best
+  return best
+
+
+@functools.lru_cache(maxsize=None)
+def measured_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
+  """Achieved float32 FLOP/s of a large matmul on device 0 (the CPU's practical peak)."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  return 2.0 * n ** 3 / _best_time(f, a, repeats)
 
 
 def measured_cpu_peak(n: int = 2048, repeats: int = 5) -> dict:
@@ -60,13 +65,7 @@ def measured_cpu_peak(n: int = 2048, repeats: int = 5) -> dict:
     sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
     a = jax.device_put(jnp.ones((len(devices), n, n), jnp.float32), sh)
     f = jax.jit(lambda x: jnp.einsum("bij,bjk->bik", x, x), out_shardings=sh)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      f(a).block_until_ready()
-      best = min(best, time.perf_counter() - t0)
-    out["matmul_alldev_flops"] = 2.0 * len(devices) * n ** 3 / best
+    out["matmul_alldev_flops"] = 2.0 * len(devices) * n ** 3 / _best_time(f, a, repeats)
   out["peak_flops"] = max(single, out["matmul_alldev_flops"])
   return out
 
