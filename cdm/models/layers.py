@@ -299,3 +299,54 @@ class AttentionBlock(nn.Module):
     out = nn.Dense(c, dtype=self.dtype, param_dtype=jnp.float32, name="proj_out",
                    kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)(a)
     return x + out.reshape(b, hh, ww, c)
+
+
+def encoder_and_middle(h: jax.Array, emb: jax.Array, *, widths, num_res_blocks: int, attention_ds,
+                       resblock_updown: bool, res, attn, downsample, record=None):
+  """guided-diffusion's ``input_blocks[1:]`` and ``middle_block``, shared by the U-Net and the
+  noisy classifier (``EncoderUNetModel``); call it inside a compact ``__call__``.
+
+  Per level ``num_res_blocks`` x (ResBlock [+ attention where the downsampling factor is in
+  ``attention_ds``]), then (except at the last level) a downsampling block; then ResBlock,
+  attention, ResBlock. Module names are guided-diffusion's (``input_blocks_{i}_{j}``,
+  ``middle_block_{k}``), so checkpoints convert one to one.
+
+  Args:
+    h: output of ``input_blocks_0`` (the first 3x3 conv).
+    emb: the timestep (+ class / aug-level) embedding.
+    widths: channels per level.
+    num_res_blocks: ResBlocks per level.
+    attention_ds: downsampling factors with attention.
+    resblock_updown: downsample with a ``down=True`` ResBlock instead of ``downsample``.
+    res: ``res(out_ch, name, down=False)`` -> a ResBlock module.
+    attn: ``attn(name)`` -> an attention module.
+    downsample: ``downsample(ch, name)`` -> a Downsample module.
+    record: optional ``record(tag, h)`` called with each block's output (``input_blocks_{i}``,
+      ``middle_block``), e.g. to sow intermediates.
+
+  Returns:
+    ``(h, outputs)``: the middle block's output and every input block's output after the first
+    (the U-Net's skips are ``[h] + outputs``).
+  """
+  record = record or (lambda tag, value: None)
+  outputs, idx, ds = [], 1, 1
+  for level, width in enumerate(widths):
+    for _ in range(num_res_blocks):
+      h = res(width, f"input_blocks_{idx}_0")(h, emb)
+      if ds in attention_ds:
+        h = attn(f"input_blocks_{idx}_1")(h)
+      record(f"input_blocks_{idx}", h)
+      outputs.append(h)
+      idx += 1
+    if level != len(widths) - 1:
+      name = f"input_blocks_{idx}_0"
+      h = res(width, name, down=True)(h, emb) if resblock_updown else downsample(width, name)(h)
+      record(f"input_blocks_{idx}", h)
+      outputs.append(h)
+      idx += 1
+      ds *= 2
+  h = res(widths[-1], "middle_block_0")(h, emb)
+  h = attn("middle_block_1")(h)
+  h = res(widths[-1], "middle_block_2")(h, emb)
+  record("middle_block", h)
+  return h, outputs

@@ -194,26 +194,12 @@ class NoisyClassifier(nn.Module):
 
     attn_ds, widths = self.attention_ds(), self.level_channels()
     h = layers.conv3x3(widths[0], dt, "input_blocks_0_0")(x.astype(dt))
-    feats = [h]  # every block's output, for the "spatial" heads
-    idx, ds = 1, 1
-    for level, width in enumerate(widths):
-      for _ in range(self.num_res_blocks):
-        h = res(width, f"input_blocks_{idx}_0")(h, emb)
-        if ds in attn_ds:
-          h = attn(f"input_blocks_{idx}_1")(h)
-        feats.append(h)
-        idx += 1
-      if level != len(widths) - 1:
-        name = f"input_blocks_{idx}_0"
-        h = res(width, name, down=True)(h, emb) if self.resblock_updown else \
-            layers.Downsample(width, dtype=dt, name=name)(h)
-        feats.append(h)
-        idx += 1
-        ds *= 2
-    h = res(widths[-1], "middle_block_0")(h, emb)
-    h = attn("middle_block_1")(h)
-    h = res(widths[-1], "middle_block_2")(h, emb)
-    feats.append(h)
+    first = h
+    h, outputs = layers.encoder_and_middle(
+        h, emb, widths=widths, num_res_blocks=self.num_res_blocks, attention_ds=attn_ds,
+        resblock_updown=self.resblock_updown, res=res, attn=attn,
+        downsample=lambda ch, name: layers.Downsample(ch, dtype=dt, name=name))
+    feats = [first] + outputs + [h]  # every block's output, for the "spatial" heads
 
     k, f32 = self.num_classes, jnp.float32
     if self.pool == "attention":

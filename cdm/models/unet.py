@@ -285,37 +285,18 @@ class UNet(nn.Module):
     if self.is_super_resolution:
       h = jnp.concatenate([h, self._upsample_low_res(low_res)], axis=-1)  # x_t first.
 
-    # Encoder: every block's output is a skip.
+    # Encoder and middle: every encoder block's output is a skip.
     widths = self.level_channels()
-    ch = widths[0]
-    h = layers.conv3x3(ch, dt, "input_blocks_0_0", impl=self.conv_impl)(h.astype(dt))
+    h = layers.conv3x3(widths[0], dt, "input_blocks_0_0", impl=self.conv_impl)(h.astype(dt))
     self.sow("intermediates", "input_blocks_0", h)
-    skips, idx, ds = [h], 1, 1
-    for level, width in enumerate(widths):
-      for _ in range(self.num_res_blocks):
-        h = res(width, f"input_blocks_{idx}_0")(h, emb)
-        ch = width
-        if ds in attn_ds:
-          h = attn(f"input_blocks_{idx}_1")(h)
-        self.sow("intermediates", f"input_blocks_{idx}", h)
-        skips.append(h)
-        idx += 1
-      if level != len(widths) - 1:
-        name = f"input_blocks_{idx}_0"
-        if self.resblock_updown:
-          h = res(ch, name, down=True)(h, emb)
-        else:
-          h = layers.Downsample(ch, dtype=dt, name=name, conv_impl=self.conv_impl)(h)
-        self.sow("intermediates", f"input_blocks_{idx}", h)
-        skips.append(h)
-        idx += 1
-        ds *= 2
-
-    # Middle.
-    h = res(ch, "middle_block_0")(h, emb)
-    h = attn("middle_block_1")(h)
-    h = res(ch, "middle_block_2")(h, emb)
-    self.sow("intermediates", "middle_block", h)
+    first = h
+    h, outputs = layers.encoder_and_middle(
+        h, emb, widths=widths, num_res_blocks=self.num_res_blocks, attention_ds=attn_ds,
+        resblock_updown=self.resblock_updown, res=res, attn=attn,
+        downsample=lambda ch, name: layers.Downsample(ch, dtype=dt, name=name,
+                                                      conv_impl=self.conv_impl),
+        record=lambda tag, value: self.sow("intermediates", tag, value))
+    skips, ds = [first] + outputs, 2 ** (len(widths) - 1)
 
     # Decoder: pop skips LIFO, concat [h, skip].
     idx = 0
