@@ -75,6 +75,9 @@ _SR_STEPS = flags.DEFINE_integer("sr_steps", None, "Training steps of both SR mo
                                  "the scale's, TRAIN).")
 _SR_BATCH = flags.DEFINE_integer("sr_batch", None, "Batch size of both SR models (default: the "
                                  "scale's).")
+_SR_SAMPLE_STEPS = flags.DEFINE_integer(
+    "sr_sample_steps", None, "DDIM steps of the SR stage in the sweeps (default: the scale's, "
+    "configs/cascades/mnist_study.py); a change reruns both sweeps.")
 _ONLY = flags.DEFINE_list("only", [], "Run only these steps (e.g. sr_noaug, or reference,sweep_aug "
                          "in a second process while sr_noaug trains) and skip the report.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
@@ -161,7 +164,7 @@ class Step:
 
 
 def build_steps(scale: str, root: str, base_workdir: str = "", data_dir: str = "",
-                sr_steps=None, sr_batch=None):
+                sr_steps=None, sr_batch=None, sr_sample_steps=None):
   """The study's cdm.main commands, in order."""
   t = dict(TRAIN[scale])
   t["sr_steps"] = sr_steps or t["sr_steps"]
@@ -199,6 +202,7 @@ def build_steps(scale: str, root: str, base_workdir: str = "", data_dir: str = "
     steps.append(Step(f"sweep_{kind}", [
         "--mode=sweep", f"--config={CASCADE}:{cv}{',noaug' if kind == 'noaug' else ''}",
         f"--workdir={r}/sweep_{kind}"] + ckpts + [f"--config.stages.sr.checkpoint={r}/sr_{kind}"]
+        + ([f"--config.stages.sr.num_steps={sr_sample_steps}"] if sr_sample_steps else [])
         + dd_casc, f"{r}/sweep_{kind}", "sweep.json",
         "sample the cascade and score every s" if kind == "aug"
         else "sample the cascade without augmentation and score it"))
@@ -678,13 +682,13 @@ def _machine() -> str:
 def run_study(scale: str = "small", workdir_root: str | None = None, base_workdir: str = "",
               docs_dir: str = "docs", data_dir: str = "", runner: str = "subprocess",
               force=(), dry_run: bool = False, sr_steps=None, sr_batch=None,
-              only=()) -> dict:
+              only=(), sr_sample_steps=None) -> dict:
   """Runs (or resumes) every step of the study and writes the results page; returns study.json."""
   root = os.path.abspath(workdir_root or ("workdirs/aug_study_tiny" if scale == "tiny"
                                           else "workdirs/aug_study"))
   docs_dir = os.path.abspath(docs_dir)
   steps, base = build_steps(scale, root, os.path.abspath(base_workdir) if base_workdir else "",
-                            data_dir, sr_steps, sr_batch)
+                            data_dir, sr_steps, sr_batch, sr_sample_steps)
   study_cmd = ["nice", "-n", "5", "python", "-m", "cdm.experiments.augmentation_study",
                f"--scale={scale}", f"--workdir_root={_rel(root)}"]
   if base_workdir:
@@ -695,6 +699,8 @@ def run_study(scale: str = "small", workdir_root: str | None = None, base_workdi
     study_cmd.append(f"--sr_steps={sr_steps}")
   if sr_batch:
     study_cmd.append(f"--sr_batch={sr_batch}")
+  if sr_sample_steps:
+    study_cmd.append(f"--sr_sample_steps={sr_sample_steps}")
   if dry_run:
     for st in steps:
       print(f"# {st.name}: {st.what}\n{command_line(st.argv)}")
@@ -818,7 +824,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   run_study(_SCALE.value, _ROOT.value, _BASE.value, _DOCS.value, _DATA_DIR.value, _RUNNER.value,
             tuple(_FORCE.value), _DRY_RUN.value, _SR_STEPS.value, _SR_BATCH.value,
-            tuple(_ONLY.value))
+            tuple(_ONLY.value), _SR_SAMPLE_STEPS.value)
 
 
 if __name__ == "__main__":
