@@ -78,6 +78,10 @@ _SR_BATCH = flags.DEFINE_integer("sr_batch", None, "Batch size of both SR models
 _SR_SAMPLE_STEPS = flags.DEFINE_integer(
     "sr_sample_steps", None, "DDIM steps of the SR stage in the sweeps (default: the scale's, "
     "configs/cascades/mnist_study.py); a change reruns both sweeps.")
+_BASE_SAMPLE_STEPS = flags.DEFINE_integer(
+    "base_sample_steps", None, "DDIM steps of the base stage in the sweeps (default: the "
+    "scale's); fewer steps give worse low-res samples, i.e. a larger train / test mismatch for "
+    "the SR model. The truncated form needs levels on this chain (1 + k * 1000 / steps).")
 _ONLY = flags.DEFINE_list("only", [], "Run only these steps (e.g. sr_noaug, or reference,sweep_aug "
                          "in a second process while sr_noaug trains) and skip the report.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
@@ -164,7 +168,7 @@ class Step:
 
 
 def build_steps(scale: str, root: str, base_workdir: str = "", data_dir: str = "",
-                sr_steps=None, sr_batch=None, sr_sample_steps=None):
+                sr_steps=None, sr_batch=None, sr_sample_steps=None, base_sample_steps=None):
   """The study's cdm.main commands, in order."""
   t = dict(TRAIN[scale])
   t["sr_steps"] = sr_steps or t["sr_steps"]
@@ -203,6 +207,7 @@ def build_steps(scale: str, root: str, base_workdir: str = "", data_dir: str = "
         "--mode=sweep", f"--config={CASCADE}:{cv}{',noaug' if kind == 'noaug' else ''}",
         f"--workdir={r}/sweep_{kind}"] + ckpts + [f"--config.stages.sr.checkpoint={r}/sr_{kind}"]
         + ([f"--config.stages.sr.num_steps={sr_sample_steps}"] if sr_sample_steps else [])
+        + ([f"--config.stages.base.num_steps={base_sample_steps}"] if base_sample_steps else [])
         + dd_casc, f"{r}/sweep_{kind}", "sweep.json",
         "sample the cascade and score every s" if kind == "aug"
         else "sample the cascade without augmentation and score it"))
@@ -682,13 +687,13 @@ def _machine() -> str:
 def run_study(scale: str = "small", workdir_root: str | None = None, base_workdir: str = "",
               docs_dir: str = "docs", data_dir: str = "", runner: str = "subprocess",
               force=(), dry_run: bool = False, sr_steps=None, sr_batch=None,
-              only=(), sr_sample_steps=None) -> dict:
+              only=(), sr_sample_steps=None, base_sample_steps=None) -> dict:
   """Runs (or resumes) every step of the study and writes the results page; returns study.json."""
   root = os.path.abspath(workdir_root or ("workdirs/aug_study_tiny" if scale == "tiny"
                                           else "workdirs/aug_study"))
   docs_dir = os.path.abspath(docs_dir)
   steps, base = build_steps(scale, root, os.path.abspath(base_workdir) if base_workdir else "",
-                            data_dir, sr_steps, sr_batch, sr_sample_steps)
+                            data_dir, sr_steps, sr_batch, sr_sample_steps, base_sample_steps)
   study_cmd = ["nice", "-n", "5", "python", "-m", "cdm.experiments.augmentation_study",
                f"--scale={scale}", f"--workdir_root={_rel(root)}"]
   if base_workdir:
@@ -701,6 +706,8 @@ def run_study(scale: str = "small", workdir_root: str | None = None, base_workdi
     study_cmd.append(f"--sr_batch={sr_batch}")
   if sr_sample_steps:
     study_cmd.append(f"--sr_sample_steps={sr_sample_steps}")
+  if base_sample_steps:
+    study_cmd.append(f"--base_sample_steps={base_sample_steps}")
   if dry_run:
     for st in steps:
       print(f"# {st.name}: {st.what}\n{command_line(st.argv)}")
@@ -824,7 +831,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   run_study(_SCALE.value, _ROOT.value, _BASE.value, _DOCS.value, _DATA_DIR.value, _RUNNER.value,
             tuple(_FORCE.value), _DRY_RUN.value, _SR_STEPS.value, _SR_BATCH.value,
-            tuple(_ONLY.value), _SR_SAMPLE_STEPS.value)
+            tuple(_ONLY.value), _SR_SAMPLE_STEPS.value, _BASE_SAMPLE_STEPS.value)
 
 
 if __name__ == "__main__":
