@@ -697,18 +697,10 @@ def run_study(scale: str = "small", workdir_root: str | None = None, base_workdi
                             data_dir, sr_steps, sr_batch, sr_sample_steps, base_sample_steps)
   study_cmd = ["nice", "-n", "5", "python", "-m", "cdm.experiments.augmentation_study",
                f"--scale={scale}", f"--workdir_root={_rel(root)}"]
-  if base_workdir:
-    study_cmd.append(f"--base_workdir={_rel(base_workdir)}")
-  if data_dir:
-    study_cmd.append(f"--data_dir={data_dir}")
-  if sr_steps:
-    study_cmd.append(f"--sr_steps={sr_steps}")
-  if sr_batch:
-    study_cmd.append(f"--sr_batch={sr_batch}")
-  if sr_sample_steps:
-    study_cmd.append(f"--sr_sample_steps={sr_sample_steps}")
-  if base_sample_steps:
-    study_cmd.append(f"--base_sample_steps={base_sample_steps}")
+  optional = {"base_workdir": _rel(base_workdir) if base_workdir else "", "data_dir": data_dir,
+              "sr_steps": sr_steps, "sr_batch": sr_batch, "sr_sample_steps": sr_sample_steps,
+              "base_sample_steps": base_sample_steps}
+  study_cmd += [f"--{name}={value}" for name, value in optional.items() if value]
   if dry_run:
     for st in steps:
       print(f"# {st.name}: {st.what}\n{command_line(st.argv)}")

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cdm.models import layers
+from cdm.models import unet
 
 Dtype = Any
 
@@ -246,25 +247,11 @@ def classifier_stage_config(base=None) -> ml_collections.ConfigDict:
 
 def classifier_kwargs(config) -> dict[str, Any]:
   """NoisyClassifier constructor arguments from a ``kind = "classifier"`` stage config."""
-  m, d = config.model, config.data
   head = config.get("classifier", None)
   return dict(
-      model_channels=int(m.model_channels),
-      channel_mult=tuple(m.channel_mult),
-      num_res_blocks=int(m.num_res_blocks),
-      attention_resolutions=tuple(int(r) for r in m.attention_resolutions),
-      num_heads=int(m.num_heads),
-      num_head_channels=int(m.num_head_channels),
-      dropout=float(m.dropout),
-      use_scale_shift_norm=bool(m.use_scale_shift_norm),
-      resblock_updown=bool(m.resblock_updown),
-      use_new_attention_order=bool(m.use_new_attention_order),
-      num_classes=int(d.num_classes),
-      in_channels=int(d.channels),
-      image_size=int(d.image_size),
+      **unet.backbone_kwargs(config),
+      num_classes=int(config.data.num_classes),
       pool=str(head.pool) if head is not None else "attention",
-      dtype=jnp.dtype(m.dtype),
-      remat=bool(m.remat),
   )
 
 

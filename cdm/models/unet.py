@@ -338,28 +338,37 @@ def model_kwargs(config) -> dict[str, Any]:
   class_dropout = float(config.train.class_dropout_prob) if "train" in config else 0.0
   conditional = bool(m.class_conditional)
   return dict(
+      **backbone_kwargs(config),
+      num_heads_upsample=int(m.num_heads_upsample),
+      num_classes=int(d.num_classes) if conditional else None,
+      use_null_class=conditional and class_dropout > 0,
+      learn_sigma=bool(m.learn_sigma),
+      low_res_size=int(d.low_res_size),
+      low_res_upsample=str(m.low_res_upsample),
+      aug_level_embedding=bool(m.aug_level_embedding),
+      conv_impl=str(m.get("conv_impl", "xla")),
+  )
+
+
+def backbone_kwargs(config) -> dict[str, Any]:
+  """Constructor arguments the U-Net and the noisy classifier share (the ADM encoder's shape,
+  attention, dropout, input, dtype and remat), from ``config.model`` and ``config.data``."""
+  m, d = config.model, config.data
+  return dict(
       model_channels=int(m.model_channels),
       channel_mult=tuple(m.channel_mult),
       num_res_blocks=int(m.num_res_blocks),
       attention_resolutions=tuple(int(r) for r in m.attention_resolutions),
       num_heads=int(m.num_heads),
       num_head_channels=int(m.num_head_channels),
-      num_heads_upsample=int(m.num_heads_upsample),
       dropout=float(m.dropout),
       use_scale_shift_norm=bool(m.use_scale_shift_norm),
       resblock_updown=bool(m.resblock_updown),
-      num_classes=int(d.num_classes) if conditional else None,
-      use_null_class=conditional and class_dropout > 0,
-      learn_sigma=bool(m.learn_sigma),
+      use_new_attention_order=bool(m.use_new_attention_order),
       in_channels=int(d.channels),
       image_size=int(d.image_size),
-      low_res_size=int(d.low_res_size),
-      low_res_upsample=str(m.low_res_upsample),
-      aug_level_embedding=bool(m.aug_level_embedding),
-      use_new_attention_order=bool(m.use_new_attention_order),
       dtype=jnp.dtype(m.dtype),
       remat=bool(m.remat),
-      conv_impl=str(m.get("conv_impl", "xla")),
   )
 
 
