@@ -30,7 +30,6 @@ host devices (set before JAX starts) and the batch is data-parallel over them.
 from __future__ import annotations
 
 import copy
-import functools
 import os
 import statistics
 import time
@@ -147,11 +146,7 @@ def bench_train(config, *, steps: int = 10, warmup: int = 3, peak: float = 0.0) 
   from cdm.models import layers  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_divisible(config.train.batch_size, mesh)
-  model, diffusion, tx = train.build(config)
-  _, state_sh = train.state_shardings(config, model, tx, mesh)
-  state = jax.jit(functools.partial(train.init_state, config, model, tx),
-                  out_shardings=state_sh)(jax.random.PRNGKey(config.seed))
-  step_fn = train.make_train_step(config, model, diffusion, tx, mesh, state_sh)
+  _, _, _, state_sh, state, step_fn = train.fresh_setup(config, mesh)
   batch = sharding.host_batch_to_global(synthetic_batch(config, config.train.batch_size),
                                         sharding.batch_sharding(mesh))
   t0 = time.perf_counter()

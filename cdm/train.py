@@ -12,7 +12,6 @@ A stage differs from another only by its config. The loop:
 from __future__ import annotations
 
 import functools
-import os
 import signal
 import time
 from typing import Any
@@ -220,6 +219,21 @@ def state_shardings(config, model, tx, mesh):
   key = jax.random.PRNGKey(config.seed)
   abstract = jax.eval_shape(functools.partial(init_state, config, model, tx), key)
   return abstract, sharding.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
+
+
+def fresh_setup(config, mesh, key=None):
+  """A freshly initialised stage on ``mesh`` (benchmarks and tests; training also restores).
+
+  Returns ``(model, diffusion, tx, state_sh, state, step_fn)``: ``state`` is initialised from
+  ``key`` (default ``PRNGKey(config.seed)``) with shardings ``state_sh``, ``step_fn`` the jitted
+  train step (:func:`make_train_step`).
+  """
+  model, diffusion, tx = build(config)
+  _, state_sh = state_shardings(config, model, tx, mesh)
+  key = jax.random.PRNGKey(config.seed) if key is None else key
+  state = jax.jit(functools.partial(init_state, config, model, tx), out_shardings=state_sh)(key)
+  step_fn = make_train_step(config, model, diffusion, tx, mesh, state_sh)
+  return model, diffusion, tx, state_sh, state, step_fn
 
 
 def train_and_evaluate(config, workdir: str) -> TrainState:

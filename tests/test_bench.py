@@ -1,6 +1,5 @@
 """cdm.bench: JSON + Markdown for a tiny stage; no host synchronisation inside train / sample loops."""
 
-import functools
 import json
 
 import jax
@@ -61,11 +60,7 @@ def test_train_steps_and_sampler_do_not_sync_with_the_host():
   and no device-to-host transfer at all (not even explicit): nothing in them waits on the host."""
   c = small()  # the same programs as the test above (shared through the compilation cache)
   mesh = sharding.make_mesh(c.mesh)
-  model, diffusion, tx = train.build(c)
-  _, state_sh = train.state_shardings(c, model, tx, mesh)
-  state = jax.jit(functools.partial(train.init_state, c, model, tx),
-                  out_shardings=state_sh)(jax.random.PRNGKey(0))
-  step = train.make_train_step(c, model, diffusion, tx, mesh, state_sh)
+  model, _, _, _, state, step = train.fresh_setup(c, mesh, jax.random.PRNGKey(0))
   batch = sharding.host_batch_to_global(bench.synthetic_batch(c, 8), sharding.batch_sharding(mesh))
   compiled = step.lower(state, batch).compile()
   sampler = stage_sampler.make_stage_sampler(c, model, num_steps=3)

@@ -50,11 +50,7 @@ def test_tiny_sr_stage_trains_checkpoints_and_samples(tmp_path):
 def _two_steps(config, devices, batch):
   """Two steps of the production jitted step on a mesh over ``devices``, from the same init."""
   mesh = sharding.make_mesh(config.mesh, devices=devices)
-  model, diffusion, tx = train.build(config)
-  _, state_sh = train.state_shardings(config, model, tx, mesh)
-  state = jax.jit(functools.partial(train.init_state, config, model, tx),
-                  out_shardings=state_sh)(jax.random.PRNGKey(config.seed))
-  step = train.make_train_step(config, model, diffusion, tx, mesh, state_sh)
+  *_, state, step = train.fresh_setup(config, mesh)
   batch = sharding.host_batch_to_global(batch, sharding.batch_sharding(mesh))
   for _ in range(2):
     state, metrics = step(state, batch)
@@ -76,11 +72,7 @@ def test_loss_goes_down_on_real_mnist(tmp_path):
   c = tiny("configs/mnist/base16.py", tmp_path,
            **{"train.learning_rate": 1e-3, "train.warmup_steps": 0})
   mesh = sharding.make_mesh(c.mesh)
-  model, diffusion, tx = train.build(c)
-  _, state_sh = train.state_shardings(c, model, tx, mesh)
-  state = jax.jit(functools.partial(train.init_state, c, model, tx),
-                  out_shardings=state_sh)(jax.random.PRNGKey(0))
-  step = train.make_train_step(c, model, diffusion, tx, mesh, state_sh)
+  *_, state, step = train.fresh_setup(c, mesh, jax.random.PRNGKey(0))
   batches = data_lib.create_train_iterator(c, process_index=0, process_count=1)
   mse = []
   for _ in range(40):
