@@ -60,8 +60,8 @@ def stage_config() -> ml_collections.ConfigDict:
   m.class_conditional = True  # Embed the class label (num_classes from data.num_classes).
   m.dtype = "float32"  # Compute dtype ("float32" or "bfloat16"); params are always float32.
   m.remat = False  # Rematerialise residual blocks (less memory, more compute).
-  m.conv_impl = "xla"  # How convs are computed: "xla" (XLA's convolution), "im2col" (patches + one
-  #                      matmul; same params; docs/performance.md), "auto" = im2col on CPU, else xla.
+  m.conv_impl = "xla"  # How convs are computed: "xla" (XLA's convolution) or "im2col" (patches +
+  #                      one matmul; same params; slower on XLA:CPU here, docs/performance.md).
 
   # ---------------------------------------------------------------- diffusion
   c.diffusion = f = ml_collections.ConfigDict()
@@ -221,8 +221,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError("train.batch_size must be positive and train.num_steps non-negative.")
   if m.dtype not in ("float32", "bfloat16"):
     raise ValueError(f"model.dtype={m.dtype!r}: expected 'float32' or 'bfloat16'.")
-  if m.get("conv_impl", "xla") not in ("auto", "xla", "im2col"):
-    raise ValueError(f"model.conv_impl={m.conv_impl!r}: expected 'auto', 'xla' or 'im2col'.")
+  if m.get("conv_impl", "xla") not in ("xla", "im2col"):
+    raise ValueError(f"model.conv_impl={m.conv_impl!r}: expected 'xla' or 'im2col'.")
 
 
 def finalize(c: ml_collections.ConfigDict, variant: str = "") -> ml_collections.ConfigDict:

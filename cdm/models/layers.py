@@ -85,7 +85,7 @@ class GroupNorm32(nn.Module):
     return (y * scale + bias).astype(x.dtype)
 
 
-CONV_IMPLS = ("xla", "im2col", "auto")
+CONV_IMPLS = ("xla", "im2col")
 
 
 def conv_im2col(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -122,14 +122,9 @@ def conv_im2col(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
 
 
 def conv_general_dilated_fn(impl: str = "xla"):
-  """The convolution primitive for ``nn.Conv``: None (XLA's) or :func:`conv_im2col`.
-
-  ``"auto"`` picks im2col when the default backend is CPU and XLA's convolution elsewhere.
-  """
+  """The convolution primitive for ``nn.Conv``: None (XLA's) or :func:`conv_im2col`."""
   if impl not in CONV_IMPLS:
     raise ValueError(f"model.conv_impl={impl!r}: expected one of {CONV_IMPLS}")
-  if impl == "auto":
-    impl = "im2col" if jax.default_backend() == "cpu" else "xla"
   return conv_im2col if impl == "im2col" else None
 
 
