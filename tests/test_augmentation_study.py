@@ -70,13 +70,14 @@ def test_commands_are_cdm_main_commands(tmp_path):
   assert study._train_target(steps[names.index("sr_aug")].argv) == study.TRAIN["small"]["sr_steps"]
 
 
-def _init_stage(config_path, workdir):
-  """A freshly initialised tiny checkpoint at the config's final step (training counts as done)."""
+def _init_stage(config_path, workdir, extra_steps=0):
+  """A freshly initialised tiny checkpoint at the config's final step (training counts as done),
+  or ``extra_steps`` past it (as if the workdir had been trained on)."""
   c = cascade_config.load_stage_config(config_path, "tiny")
   model, _, tx = train.build(c)
   state = jax.jit(functools.partial(train.init_state, c, model, tx))(jax.random.PRNGKey(0))
   ckpt = checkpointing.Checkpointer(str(workdir), c.train, async_save=False)
-  ckpt.save(c.train.num_steps, state, {}, c, force=True)
+  ckpt.save(c.train.num_steps + extra_steps, state, {}, c, force=True)
   ckpt.close()
 
 
@@ -107,3 +108,10 @@ def test_tiny_study_end_to_end(tmp_path):
   mtime = os.path.getmtime(root / "sweep_aug" / "sweep.json")
   study.run_study(**kw)
   assert os.path.getmtime(root / "sweep_aug" / "sweep.json") == mtime
+  # Training an SR model further makes its sweep stale (same command, newer checkpoint): only
+  # that sweep reruns.
+  _init_stage(study.SR_CONFIG["aug"], root / "sr_aug", extra_steps=1)
+  noaug_mtime = os.path.getmtime(root / "sweep_noaug" / "sweep.json")
+  study.run_study(**kw, only=["sweep_aug", "sweep_noaug"])
+  assert os.path.getmtime(root / "sweep_aug" / "sweep.json") > mtime
+  assert os.path.getmtime(root / "sweep_noaug" / "sweep.json") == noaug_mtime

@@ -34,6 +34,7 @@ import io
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -253,7 +254,19 @@ def is_done(step: Step, record: dict) -> bool:
     return last is not None and last >= _train_target(step.argv)
   outputs = [step.output] + (["noise_floor.json"] if step.name == "reference" else [])
   same = record.get("argv") == step.argv
+  if step.name.startswith("sweep_"):  # sampled from checkpoints that have since trained on?
+    same = same and record.get("checkpoint_steps") == checkpoint_steps(step.argv)
   return same and all(os.path.exists(os.path.join(wd, o)) for o in outputs)
+
+
+def checkpoint_steps(argv) -> dict:
+  """{stage: latest checkpoint step} of the trained stages a cascade command samples from."""
+  out = {}
+  for a in argv:
+    m = re.fullmatch(r"--config\.stages\.(\w+)\.checkpoint=(.+)", a)
+    if m:
+      out[m.group(1)] = final_step(os.path.join(REPO, m.group(2)))
+  return out
 
 
 def write_real_samples(argv, n: int, path: str) -> None:
@@ -743,14 +756,22 @@ def run_study(scale: str = "small", workdir_root: str | None = None, base_workdi
         os.remove(os.path.join(wd, "sweep.json"))  # stale (other settings): redo
     if st.name == "reference" and os.path.exists(os.path.join(wd, "eval.json")):
       os.remove(os.path.join(wd, "eval.json"))
+    resumed_from = final_step(wd) if not st.output else None
     run_main(st.argv, runner=runner, log_path=os.path.join(root, "logs", f"{st.name}.log"))
+    if st.name.startswith("sweep_"):
+      extra["checkpoint_steps"] = checkpoint_steps(st.argv)
     if st.name == "reference":
       t1 = time.perf_counter()
       nf = fid_noise_floor(st.argv, wd, NOISE_SUBSETS[scale])
       _save_json(os.path.join(wd, "noise_floor.json"), nf)
       extra["noise_floor_s"] = time.perf_counter() - t1
-    # Time an interrupted earlier attempt spent on this step (recorded by hand, see the page).
+    # Time earlier runs spent on this step: an interrupted attempt (recorded by hand, see the
+    # page), or the run that trained this workdir to fewer steps before this one resumed it.
     earlier = float(rec.get("earlier_wall_s", 0.0))
+    if not st.output and resumed_from is not None and rec.get("wall_s"):
+      earlier = float(rec["wall_s"])  # already includes that run's own earlier time
+      rec = dict(rec, note=f"resumed from step {resumed_from}; the wall time includes the run "
+                 "that trained it that far")
     wall = time.perf_counter() - t0 + earlier
     if earlier:
       extra.update(earlier_wall_s=earlier, note=rec.get("note", ""))
