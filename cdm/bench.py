@@ -219,8 +219,8 @@ def _sampler_inputs(config, batch: int, mesh):
 
 def make_forward(config, model, batch: int):
   """A jitted single model forward at the sampler's shapes (2x batch under guidance)."""
-  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from cdm import xla_options  # pylint: disable=g-import-not-at-top
   reps = 2 if config.sample.guidance_scale else 1
   n = batch * reps
   d = config.data
@@ -240,7 +240,7 @@ def make_forward(config, model, batch: int):
   y = jnp.zeros((n,), jnp.int32)
   low_res = (jnp.zeros((n, d.low_res_size, d.low_res_size, d.channels), jnp.float32)
              if d.low_res_size else None)
-  return jax.jit(fwd), (x, t, y, low_res)
+  return xla_options.jit(fwd, config), (x, t, y, low_res)
 
 
 def bench_stage_sampling(config, model, params, *, steps_list, batch: int, repeats: int = 3,
@@ -335,9 +335,11 @@ def bench_stage(config, *, parts=("train", "sample", "pipeline"), steps=10, warm
                 sample_steps=(), sample_batch=0, sample_repeats=3, pipeline_batches=100,
                 variants=("default",), peak=0.0) -> dict:
   """All measurements of one stage config."""
-  from cdm import config_base, models  # pylint: disable=g-import-not-at-top
+  from cdm import config_base, models, xla_options  # pylint: disable=g-import-not-at-top
   config_base.validate(config)
-  out = {"stage": config.stage_name, "train": [], "sample": [], "pipeline": None}
+  xla_options.check(config)
+  out = {"stage": config.stage_name, "train": [], "sample": [], "pipeline": None,
+         "compiler_options": xla_options.for_platform(config) or {}}
   consumed = 0.0
   if "train" in parts:
     for v in variants:
@@ -431,6 +433,9 @@ def to_markdown(result: dict) -> str:
     lines.append(f"Load average at start / end: {_fmt(result['load_avg_at_start'][0])} / "
                  f"{_fmt(result.get('load_avg_at_end', [None])[0])} "
                  f"({result['cpu_count']} CPUs). XLA_FLAGS: `{result['xla_flags'] or '-'}`.")
+  opts = sorted({f"{k}={v}" for st in result.get("stages", []) for k, v in
+                 st.get("compiler_options", {}).items()})
+  lines.append(f"Compiler options (config.xla): `{' '.join(opts) or '-'}`.")
   lines.append("")
   train_rows = [(s["stage"], r) for s in result["stages"] for r in s["train"]]
   if train_rows:

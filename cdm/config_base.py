@@ -15,6 +15,11 @@ from __future__ import annotations
 
 import ml_collections
 
+# jax 0.10's default YNNPACK fusion set on CPU is INDIVIDUAL_CONVOLUTION, INDIVIDUAL_DOT, REDUCE:
+# keep the dots and reductions, leave convolutions to XLA's own kernels (cdm/xla_options.py).
+CPU_XLA_OPTIONS = ("xla_cpu_experimental_ynn_fusion_type="
+                   "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE")
+
 
 def stage_config() -> ml_collections.ConfigDict:
   """Returns the default (unlocked) stage config; stage files modify it and lock it."""
@@ -115,6 +120,13 @@ def stage_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1  # Parameter-sharding axis size (1 = replicated params).
   c.mesh.fsdp_min_size = 2 ** 20  # Only shard parameters with at least this many elements.
 
+  # ---------------------------------------------------------------- compiler
+  c.xla = ml_collections.ConfigDict()
+  # XLA compiler options for this stage's programs on CPU (space-separated name=value; "" = XLA's
+  # defaults). Default: 3x3 convolutions on XLA's Eigen kernels, not YNNPACK (faster on CPU, see
+  # cdm/xla_options.py). Accelerators ignore it.
+  c.xla.cpu_options = CPU_XLA_OPTIONS
+
   # ---------------------------------------------------------------- sampling defaults (this stage)
   c.sample = s = ml_collections.ConfigDict()
   s.sampler = "ancestral"  # "ancestral" or "ddim".
@@ -177,6 +189,11 @@ def apply_tiny(c: ml_collections.ConfigDict) -> None:
 def validate(c: ml_collections.ConfigDict) -> None:
   """Rejects impossible combinations with a message naming the field to change."""
   d, m = c.data, c.model
+  if "xla" in c:
+    for item in c.xla.cpu_options.split():
+      if "=" not in item.strip("="):
+        raise ValueError(f"xla.cpu_options: {item!r} is not name=value (space-separated options; "
+                         "'' = XLA's defaults).")
   if c.kind not in ("diffusion", "classifier"):
     raise ValueError(f"kind={c.kind!r}: expected 'diffusion' or 'classifier'.")
   if d.image_size <= 0:

@@ -15,6 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from cdm import xla_options
 from cdm.diffusion import augment as augment_lib
 from cdm.diffusion import gaussian
 from cdm.diffusion import guidance
@@ -123,7 +124,7 @@ def _make_stage_sampler(config, model, *, num_steps, sampler, eta, clip_denoised
         clip_denoised=clip_denoised, dynamic_threshold=dynamic_threshold, stop_at=stop_at,
         cond_fn=cond_fn)
 
-  return jax.jit(sample)
+  return xla_options.jit(sample, config)
 
 
 def _with_labels(model_fn_y, labels, x, t):

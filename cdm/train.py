@@ -24,6 +24,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from cdm import checkpointing, config_base, fileio, images, optim, perf, sharding, stage_sampler
+from cdm import xla_options
 from cdm import data as data_lib
 from cdm import models
 from cdm.diffusion import augment as augment_lib
@@ -208,9 +209,9 @@ def build(config):
 
 def make_train_step(config, model, diffusion, tx, mesh, state_sh):
   """The jitted train step: batch sharded over the mesh, state as ``state_sh``, state donated."""
-  return jax.jit(
+  return xla_options.jit(
       functools.partial(train_step, config=config, model=model, diffusion=diffusion, tx=tx),
-      in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+      config, mesh.devices.flat[0].platform, in_shardings=(state_sh, sharding.batch_sharding(mesh)),
       out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
 
 
@@ -239,6 +240,7 @@ def fresh_setup(config, mesh, key=None):
 def train_and_evaluate(config, workdir: str) -> TrainState:
   """Trains the stage described by ``config`` in ``workdir`` (resuming if it holds a checkpoint)."""
   config_base.validate(config)
+  xla_options.check(config)
   workdir = fileio.resolve(workdir)
   fileio.makedirs(workdir)
   mesh = sharding.make_mesh(config.mesh)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cdm import bench, cascade_config, perf, sharding, stage_sampler, train
+from cdm import bench, cascade_config, perf, sharding, stage_sampler, train, xla_options
 
 
 def small(path="configs/mnist/base16.py", **overrides):
@@ -47,6 +47,8 @@ def test_bench_writes_json_and_markdown(tmp_path):
   md = open(mpath).read()
   assert "## Train step" in md and "## Sampling (one stage)" in md and "loop overhead" in md
   assert "mnist_base16" in md
+  assert stage["compiler_options"] == xla_options.parse(c.xla.cpu_options)  # what was compiled
+  assert "Compiler options (config.xla)" in md
 
 
 def test_measured_cpu_peak_uses_every_host_device():
