@@ -337,7 +337,6 @@ def bench_stage(config, *, parts=("train", "sample", "pipeline"), steps=10, warm
   """All measurements of one stage config."""
   from cdm import config_base, models, xla_options  # pylint: disable=g-import-not-at-top
   config_base.validate(config)
-  xla_options.check(config)
   out = {"stage": config.stage_name, "train": [], "sample": [], "pipeline": None,
          "compiler_options": xla_options.for_platform(config) or {}}
   consumed = 0.0

@@ -21,6 +21,19 @@ CPU_XLA_OPTIONS = ("xla_cpu_experimental_ynn_fusion_type="
                    "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE")
 
 
+def parse_xla_options(spec: str) -> dict:
+  """``xla.cpu_options`` -> dict: ``"name=value name2=value2"`` (space-separated; values may hold
+  commas)."""
+  out = {}
+  for item in spec.split():
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+      raise ValueError(f"xla.cpu_options: {item!r} is not name=value (options are "
+                       f"space-separated, e.g. {CPU_XLA_OPTIONS!r}; '' = XLA's defaults).")
+    out[name] = value
+  return out
+
+
 def stage_config() -> ml_collections.ConfigDict:
   """Returns the default (unlocked) stage config; stage files modify it and lock it."""
   c = ml_collections.ConfigDict()
@@ -190,10 +203,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   """Rejects impossible combinations with a message naming the field to change."""
   d, m = c.data, c.model
   if "xla" in c:
-    for item in c.xla.cpu_options.split():
-      if "=" not in item.strip("="):
-        raise ValueError(f"xla.cpu_options: {item!r} is not name=value (space-separated options; "
-                         "'' = XLA's defaults).")
+    parse_xla_options(c.xla.cpu_options)
   if c.kind not in ("diffusion", "classifier"):
     raise ValueError(f"kind={c.kind!r}: expected 'diffusion' or 'classifier'.")
   if d.image_size <= 0:

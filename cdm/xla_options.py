@@ -16,38 +16,31 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from cdm.config_base import CPU_XLA_OPTIONS as CPU_DEFAULT
-
-
-def parse(spec: str) -> dict:
-  """``"name=value name2=value2"`` (space-separated; values may hold commas) -> dict."""
-  out = {}
-  for item in spec.split():
-    name, sep, value = item.partition("=")
-    if not sep or not name:
-      raise ValueError(f"xla.cpu_options: {item!r} is not name=value (options are "
-                       f"space-separated, e.g. {CPU_DEFAULT!r}; '' = none).")
-    out[name] = value
-  return out
+from cdm.config_base import parse_xla_options as parse
 
 
 def for_platform(config, platform: str | None = None) -> dict | None:
   """The compiler options of ``config``'s stage on ``platform`` (default: JAX's backend)."""
   platform = platform or jax.default_backend()
-  xla = config.get("xla") if hasattr(config, "get") else None
+  xla = config.get("xla")  # None in configs saved before the field existed
   if platform != "cpu" or xla is None:
     return None
   return parse(xla.cpu_options) or None
 
 
 def jit(fun, config, platform: str | None = None, **kwargs):
-  """``jax.jit(fun, **kwargs)`` with the stage's compiler options for ``platform``."""
+  """``jax.jit(fun, **kwargs)`` with the stage's compiler options for ``platform`` (checked
+  once per distinct option set, so a rejected option names the config field, not XLA's flag)."""
   opts = for_platform(config, platform)
-  return jax.jit(fun, compiler_options=opts, **kwargs) if opts else jax.jit(fun, **kwargs)
+  if not opts:
+    return jax.jit(fun, **kwargs)
+  _check(tuple(sorted(opts.items())))
+  return jax.jit(fun, compiler_options=opts, **kwargs)
 
 
 def check(config) -> None:
-  """Compiles a trivial program with the options; a clear error if this jaxlib rejects them."""
+  """Compiles a trivial program with the options; a clear error if this jaxlib rejects them.
+  Training calls it first, before the input pipeline or the model is built."""
   opts = for_platform(config)
   if opts:
     _check(tuple(sorted(opts.items())))
@@ -55,9 +48,10 @@ def check(config) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _check(items) -> None:
+  cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
   try:
     jax.jit(lambda x: x + 1, compiler_options=dict(items)).lower(
-        jax.ShapeDtypeStruct((2,), jnp.float32)).compile()
+        jax.ShapeDtypeStruct((2,), jnp.float32, sharding=cpu)).compile()
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(
         f"xla.cpu_options={' '.join(f'{k}={v}' for k, v in items)!r} is not accepted by this "
