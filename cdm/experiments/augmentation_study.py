@@ -84,6 +84,16 @@ _BASE_SAMPLE_STEPS = flags.DEFINE_integer(
     "base_sample_steps", None, "DDIM steps of the base stage in the sweeps (default: the "
     "scale's); fewer steps give worse low-res samples, i.e. a larger train / test mismatch for "
     "the SR model. The truncated form needs levels on this chain (1 + k * 1000 / steps).")
+_AUG_MAX_LEVEL = flags.DEFINE_integer(
+    "aug_max_level", None, "Train the augmented SR model on s ~ U{0..N} instead of the config's "
+    "augment.max_level (1000 = the whole chain); a narrower range spends its training on the "
+    "levels the sweep uses. Also drops swept levels above N.")
+_AUG_LEVELS = flags.DEFINE_list(
+    "aug_levels", [], "Levels s of the augmented sweep (default: the scale's, "
+    "configs/cascades/mnist_study.py).")
+_TRUNCATED_LEVELS = flags.DEFINE_list(
+    "truncated_levels", [], "Levels of the truncated form (on the base's DDIM chain, "
+    "1 + k * 1000 / base steps; default: the scale's).")
 _ONLY = flags.DEFINE_list("only", [], "Run only these steps (e.g. sr_noaug, or reference,sweep_aug "
                          "in a second process while sr_noaug trains) and skip the report.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
@@ -170,7 +180,8 @@ class Step:
 
 
 def build_steps(scale: str, root: str, base_workdir: str = "", data_dir: str = "",
-                sr_steps=None, sr_batch=None, sr_sample_steps=None, base_sample_steps=None):
+                sr_steps=None, sr_batch=None, sr_sample_steps=None, base_sample_steps=None,
+                aug_max_level=None, aug_levels=(), truncated_levels=()):
   """The study's cdm.main commands, in order."""
   t = dict(TRAIN[scale])
   t["sr_steps"] = sr_steps or t["sr_steps"]
@@ -184,20 +195,25 @@ def build_steps(scale: str, root: str, base_workdir: str = "", data_dir: str = "
   base = _rel(base_workdir) if base_workdir else f"{r}/base"
   steps = []
 
-  def train_step(name, config, workdir, num_steps, batch, what):
+  def train_step(name, config, workdir, num_steps, batch, what, extra=()):
     argv = [f"--config={config}{':' + variant if variant else ''}", f"--workdir={workdir}"]
     if num_steps:
       argv.append(f"--config.train.num_steps={num_steps}")
     if batch:
       argv.append(f"--config.train.batch_size={batch}")
+    argv += list(extra)
     steps.append(Step(name, argv + dd_stage, workdir, "", what))
 
   if not base_workdir:
     train_step("base", BASE_CONFIG, base, t["base_steps"], t["base_batch"], "train the 16x16 base")
   for kind in ("aug", "noaug"):
+    narrow = kind == "aug" and aug_max_level is not None
     train_step(f"sr_{kind}", SR_CONFIG[kind], f"{r}/sr_{kind}", t["sr_steps"], t["sr_batch"],
                "train 16->32 SR " + ("with Gaussian augmentation amortised over s" if kind == "aug"
-                                      else "without augmentation"))
+                                      else "without augmentation")
+               + (f" in [0, {aug_max_level}]" if narrow else ""),
+               [f"--config.augment.max_level={aug_max_level}"] if narrow else [])
+  levels = sweep_levels(scale, aug_max_level, aug_levels, truncated_levels)
   ckpts = [f"--config.stages.base.checkpoint={base}"]
   steps.append(Step("reference", [
       "--mode=eval", f"--config={CASCADE}:{cv}", f"--workdir={r}/reference",
@@ -210,10 +226,32 @@ def build_steps(scale: str, root: str, base_workdir: str = "", data_dir: str = "
         f"--workdir={r}/sweep_{kind}"] + ckpts + [f"--config.stages.sr.checkpoint={r}/sr_{kind}"]
         + ([f"--config.stages.sr.num_steps={sr_sample_steps}"] if sr_sample_steps else [])
         + ([f"--config.stages.base.num_steps={base_sample_steps}"] if base_sample_steps else [])
-        + dd_casc, f"{r}/sweep_{kind}", "sweep.json",
+        + (levels if kind == "aug" else []) + dd_casc, f"{r}/sweep_{kind}", "sweep.json",
         "sample the cascade and score every s" if kind == "aug"
         else "sample the cascade without augmentation and score it"))
   return steps, base
+
+
+def sweep_levels(scale: str, aug_max_level=None, aug_levels=(), truncated_levels=()) -> list:
+  """Overrides of the augmented sweep's levels: explicit ones, or the scale's capped at max_level."""
+  if not (aug_max_level is not None or aug_levels or truncated_levels):
+    return []
+  from configs.cascades import mnist_study  # pylint: disable=g-import-not-at-top
+  p = mnist_study.SCALES[scale]
+  levels = [int(x) for x in aug_levels] or list(p["levels"])
+  trunc = [int(x) for x in truncated_levels] or list(p.get("truncated_levels", ()))
+  if aug_max_level is not None:
+    too_high = [s for s in levels + trunc if s > aug_max_level]
+    if aug_levels or truncated_levels:
+      if too_high:
+        raise ValueError(f"levels {too_high} exceed --aug_max_level={aug_max_level}: the "
+                         "augmented SR model never sees them in training.")
+    levels = [s for s in levels if s <= aug_max_level]
+    trunc = [s for s in trunc if s <= aug_max_level]
+  out = ["--config.sweep.aug_levels=(" + ",".join(map(str, levels)) + ",)"]
+  if trunc:
+    out.append("--config.sweep.truncated_levels=(" + ",".join(map(str, trunc)) + ",)")
+  return out
 
 
 # --------------------------------------------------------------------------------- bookkeeping
@@ -701,19 +739,24 @@ def _machine() -> str:
 def run_study(scale: str = "small", workdir_root: str | None = None, base_workdir: str = "",
               docs_dir: str = "docs", data_dir: str = "", runner: str = "subprocess",
               force=(), dry_run: bool = False, sr_steps=None, sr_batch=None,
-              only=(), sr_sample_steps=None, base_sample_steps=None) -> dict:
+              only=(), sr_sample_steps=None, base_sample_steps=None, aug_max_level=None,
+              aug_levels=(), truncated_levels=()) -> dict:
   """Runs (or resumes) every step of the study and writes the results page; returns study.json."""
   root = os.path.abspath(workdir_root or ("workdirs/aug_study_tiny" if scale == "tiny"
                                           else "workdirs/aug_study"))
   docs_dir = os.path.abspath(docs_dir)
   steps, base = build_steps(scale, root, os.path.abspath(base_workdir) if base_workdir else "",
-                            data_dir, sr_steps, sr_batch, sr_sample_steps, base_sample_steps)
+                            data_dir, sr_steps, sr_batch, sr_sample_steps, base_sample_steps,
+                            aug_max_level, aug_levels, truncated_levels)
   study_cmd = ["nice", "-n", "5", "python", "-m", "cdm.experiments.augmentation_study",
                f"--scale={scale}", f"--workdir_root={_rel(root)}"]
   optional = {"base_workdir": _rel(base_workdir) if base_workdir else "", "data_dir": data_dir,
               "sr_steps": sr_steps, "sr_batch": sr_batch, "sr_sample_steps": sr_sample_steps,
-              "base_sample_steps": base_sample_steps}
-  study_cmd += [f"--{name}={value}" for name, value in optional.items() if value]
+              "base_sample_steps": base_sample_steps, "aug_max_level": aug_max_level,
+              "aug_levels": ",".join(map(str, aug_levels)),
+              "truncated_levels": ",".join(map(str, truncated_levels))}
+  study_cmd += [f"--{name}={value}" for name, value in optional.items()
+                if value or (name == "aug_max_level" and value is not None)]
   if dry_run:
     for st in steps:
       print(f"# {st.name}: {st.what}\n{command_line(st.argv)}")
@@ -845,7 +888,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   run_study(_SCALE.value, _ROOT.value, _BASE.value, _DOCS.value, _DATA_DIR.value, _RUNNER.value,
             tuple(_FORCE.value), _DRY_RUN.value, _SR_STEPS.value, _SR_BATCH.value,
-            tuple(_ONLY.value), _SR_SAMPLE_STEPS.value, _BASE_SAMPLE_STEPS.value)
+            tuple(_ONLY.value), _SR_SAMPLE_STEPS.value, _BASE_SAMPLE_STEPS.value,
+            _AUG_MAX_LEVEL.value, tuple(_AUG_LEVELS.value), tuple(_TRUNCATED_LEVELS.value))
 
 
 if __name__ == "__main__":
