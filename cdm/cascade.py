@@ -62,6 +62,29 @@ def load_stage_params(entry, stage_config):
   return convert.load_converted(path)
 
 
+def check_trained_levels(name: str, entry, levels) -> None:
+  """Refuses augmentation levels s the SR checkpoint never saw in training.
+
+  A Gaussian-augmented SR model is trained on s ~ U{0..augment.max_level} (CDM Sec. 4.2); a larger s
+  at sampling is outside its training distribution. The trained range is read from the training
+  workdir's ``config.json`` (written by ``cdm.main``); other checkpoints are not checked.
+  """
+  path = entry.get("checkpoint", "")
+  cfg_path = fileio.join(path, "config.json") if path else ""
+  if not cfg_path or not fileio.exists(cfg_path):
+    return
+  trained = fileio.load_json(cfg_path).get("augment", {})
+  if not trained.get("gaussian", False):
+    return  # a clean-trained model: evaluate.sweep refuses nonzero levels with its own message
+  top = int(trained.get("max_level", trained.get("num_timesteps", 0)))
+  too_high = sorted({int(s) for s in levels if int(s) > top})
+  if too_high:
+    raise ValueError(
+        f"stages.{name}: aug level(s) {too_high} exceed the range its checkpoint {path} was trained "
+        f"on (augment.max_level={top} in its config.json: s ~ U{{0..{top}}}); use levels <= {top} "
+        "or retrain the stage with a larger --config.augment.max_level.")
+
+
 def classifier_guidance(entry) -> dict:
   """``make_stage_sampler`` keywords for an entry's classifier guidance ({} when unguided)."""
   scale = float(entry.get("classifier_scale", 0.0) or 0.0)
@@ -95,7 +118,7 @@ class Cascade:
       raise ValueError(f"cascade config: order names {missing}, not in stages "
                        f"{list(config.stages.keys())}.")
     self.mesh = mesh or sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}))
-    self._check_chain()
+    self._check_chain(params)
     self.samplers, self.params, self.classifier_params = {}, {}, {}
     for i, name in enumerate(self.order):
       entry = config.stages[name]
@@ -114,7 +137,7 @@ class Cascade:
         cp = (params or {}).get(f"{name}/classifier") or load_classifier_params(entry)
         self.classifier_params[name] = jax.device_put(cp, sharding.replicated(self.mesh))
 
-  def _check_chain(self):
+  def _check_chain(self, params=None):
     for prev, name in zip(self.order, self.order[1:]):
       p, c = self.config.stages[prev].config, self.config.stages[name].config
       if c.data.low_res_size != p.data.image_size:
@@ -136,6 +159,8 @@ class Cascade:
                          "'truncated'.")
       if e.aug_form == "truncated" and not e.aug_level:
         raise ValueError(f"stages.{name}: truncated augmentation needs aug_level > 0.")
+      if (params or {}).get(name) is None:
+        check_trained_levels(name, e, [e.aug_level])
 
   def sample_batch(self, key, labels, start_images=None, *, stages=None):
     """Runs the stages on one batch; returns {stage name: float images in [-1, 1]}."""

@@ -190,6 +190,8 @@ def sweep(config, workdir: str) -> dict:
     raise ValueError(f"stage {name!r} was trained without Gaussian augmentation "
                      "(augment.gaussian=False): only aug level 0 applies; set "
                      "--config.sweep.aug_levels=0")
+  cascade.check_trained_levels(name, entry, list(config.sweep.aug_levels) + list(
+      config.sweep.get("truncated_levels", ())))
   casc = cascade.Cascade(config)
   mesh, bs, seed = casc.mesh, config.batch_size, config.seed
   labels = cascade.make_labels(config.labels, config.num_samples,

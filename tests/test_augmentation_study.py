@@ -6,6 +6,7 @@ import json
 import os
 
 import jax
+import pytest
 
 from cdm import cascade_config, checkpointing, train
 from cdm.experiments import augmentation_study as study
@@ -68,6 +69,22 @@ def test_commands_are_cdm_main_commands(tmp_path):
   assert not noaug.stages.sr.config.augment.gaussian and tuple(noaug.sweep.aug_levels) == (0,)
   assert sweep.stages.sr.checkpoint.endswith("root/sr_aug") and sweep.stages.base.checkpoint == base
   assert study._train_target(steps[names.index("sr_aug")].argv) == study.TRAIN["small"]["sr_steps"]
+
+
+def test_narrower_augmentation_range(tmp_path):
+  """--aug_max_level trains the augmented model on s ~ U{0..N} and keeps the sweep inside it."""
+  steps, _ = study.build_steps("small", str(tmp_path / "root"), aug_max_level=300)
+  by = {s.name: s for s in steps}
+  assert study.parse_main_args(by["sr_aug"].argv)[0].augment.max_level == 300
+  assert study.parse_main_args(by["sr_noaug"].argv)[0].augment.max_level == 1000
+  sweep = study.parse_main_args(by["sweep_aug"].argv)[0].sweep
+  assert tuple(sweep.aug_levels) == (0, 101) and tuple(sweep.truncated_levels) == ()
+  steps, _ = study.build_steps("small", str(tmp_path / "root"), aug_max_level=300,
+                               aug_levels=("0", "51", "300"), truncated_levels=("101",))
+  sweep = study.parse_main_args(steps[[s.name for s in steps].index("sweep_aug")].argv)[0].sweep
+  assert tuple(sweep.aug_levels) == (0, 51, 300) and tuple(sweep.truncated_levels) == (101,)
+  with pytest.raises(ValueError, match="exceed --aug_max_level=300"):
+    study.build_steps("small", str(tmp_path / "root"), aug_max_level=300, aug_levels=("301",))
 
 
 def _init_stage(config_path, workdir, extra_steps=0):

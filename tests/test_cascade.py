@@ -81,6 +81,21 @@ def test_chain_mismatch_is_rejected(stage_workdirs):
     cascade.Cascade(c)
 
 
+def test_levels_beyond_the_trained_range_are_refused(stage_workdirs, tmp_path):
+  """An SR workdir trained on s ~ U{0..100} (its config.json) refuses s = 250 at sampling and in a
+  sweep, before anything is compiled; levels inside the range pass."""
+  sr = tmp_path / "sr_narrow"
+  sr.mkdir()
+  (sr / "config.json").write_text(json.dumps({"augment": {"gaussian": True, "max_level": 100}}))
+  c = tiny_cascade(stage_workdirs, **{"stages.sr.checkpoint": str(sr), "stages.sr.aug_level": 250})
+  with pytest.raises(ValueError, match=r"\[250\].*augment.max_level=100"):
+    cascade.Cascade(c)
+  c.sweep.aug_levels = (0, 50, 250)
+  with pytest.raises(ValueError, match=r"\[250\].*augment.max_level=100"):
+    evaluate.sweep(c, str(tmp_path / "sweep"))
+  cascade.check_trained_levels("sr", c.stages.sr, [0, 50, 100])  # inside the range: no error
+
+
 def test_eval_and_sweep_write_results(stage_workdirs, tmp_path):
   c = tiny_cascade(stage_workdirs, **{"eval.reference_examples": 200, "sweep.aug_levels": (0, 334),
                                       "sweep.aug_forms": ("non_truncated",)})

@@ -248,10 +248,10 @@ def sweep_levels(scale: str, aug_max_level=None, aug_levels=(), truncated_levels
                          "augmented SR model never sees them in training.")
     levels = [s for s in levels if s <= aug_max_level]
     trunc = [s for s in trunc if s <= aug_max_level]
-  out = ["--config.sweep.aug_levels=(" + ",".join(map(str, levels)) + ",)"]
-  if trunc:
-    out.append("--config.sweep.truncated_levels=(" + ",".join(map(str, trunc)) + ",)")
-  return out
+  tup = lambda xs: "(" + "".join(f"{x}," for x in xs) + ")"
+  # An empty truncated list means "the same levels" (configs/cascades/mnist_study.py).
+  return [f"--config.sweep.aug_levels={tup(levels)}",
+          f"--config.sweep.truncated_levels={tup(trunc)}"]
 
 
 # --------------------------------------------------------------------------------- bookkeeping
