@@ -13,10 +13,8 @@ Outputs in ``workdir/samples``: ``<stage>.npz`` (uint8 ``images`` + ``labels``) 
 
 from __future__ import annotations
 
-import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging

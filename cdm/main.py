@@ -12,7 +12,6 @@ Any config field can be overridden with ``--config.<path>=<value>``; an unknown 
 
 from __future__ import annotations
 
-import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags

@@ -436,7 +436,7 @@ def verdict(rows, fid_noise=None) -> dict:
     claims["nonmonotonic_generated"] = dict(
         holds=interior, strength=_strength(delta, ends, fid_noise) if interior else "none",
         delta=delta, best_aug_level=nt[i]["aug_level"],
-        detail=(f"generated inputs, non-truncated: FID by s = "
+        detail=("generated inputs, non-truncated: FID by s = "
                 + ", ".join(f"{r['aug_level']}: {r['fid']:.2f}" for r in nt)
                 + f"; minimum at s={nt[i]['aug_level']} ({where})"
                 + (f", {delta:.2f} below the better end" if interior else "")))
@@ -452,7 +452,7 @@ def verdict(rows, fid_noise=None) -> dict:
     claims["ground_truth_falls"] = dict(
         holds=holds, strength=_strength(delta, fids[-1], fid_noise) if holds else "none",
         delta=delta, spearman=rho, monotone=monotone,
-        detail=(f"ground-truth inputs: FID by s = "
+        detail=("ground-truth inputs: FID by s = "
                 + ", ".join(f"{a}: {b:.2f}" for a, b in zip(s, fids))
                 + f"; Spearman(s, FID) = {rho:.2f}, best at s={s[fids.index(min(fids))]}"
                 + (", monotone" if monotone else ", not monotone")))
@@ -638,8 +638,11 @@ def write_report(study: dict, docs_dir: str, root: str) -> str:
   L.append("| | |\n|---|---|")
   L.append(f"| base | `{s['base_workdir']}` ({BASE_CONFIG}), step {s.get('base_step')} |")
   for kind in ("aug", "noaug"):
+    top = s.get("aug_max_level", {}).get(kind)
     L.append(f"| SR {kind} | `{SR_CONFIG[kind]}`, {s['sr_train_steps'][kind]} steps, batch "
-             f"{s['sr_batch'][kind]} |")
+             f"{s['sr_batch'][kind]}"
+             + (f"; trained on s ~ U{{0..{top}}} per example" if top is not None else
+                "; clean low-res inputs") + " |")
   L.append(f"| sampling | {s['num_samples']} samples per setting (balanced labels), base DDIM "
            f"{s['base_steps']} steps, SR DDIM {s['sr_steps']} steps, same seed for every setting |")
   L.append(f"| levels s | {', '.join(map(str, levels))} (1-indexed steps of the 1000-step cosine "
@@ -842,10 +845,11 @@ def run_study(scale: str = "small", workdir_root: str | None = None, base_workdi
   sweep_cfg, _, _ = parse_main_args(next(st.argv for st in steps if st.name == "sweep_aug"))
   sr_steps = {k: _train_target(next(st.argv for st in steps if st.name == f"sr_{k}"))
               for k in ("aug", "noaug")}
-  sr_batch = {}
+  sr_batch, trained_top = {}, {}
   for k in ("aug", "noaug"):
     c, _, _ = parse_main_args(next(st.argv for st in steps if st.name == f"sr_{k}"))
     sr_batch[k] = int(c.train.batch_size)
+    trained_top[k] = int(c.augment.max_level) if c.augment.gaussian else None
   base_step = final_step(base_abs)
   base_grid = (os.path.join(base_abs, "samples", f"step_{base_step:08d}.png")
                if base_step is not None else "")
@@ -858,7 +862,7 @@ def run_study(scale: str = "small", workdir_root: str | None = None, base_workdi
               "classifier_steps": int(sweep_cfg.eval.classifier_steps),
               "cas_steps": int(sweep_cfg.eval.cas_steps),
               "base_workdir": base, "base_step": base_step, "sr_train_steps": sr_steps,
-              "sr_batch": sr_batch}
+              "sr_batch": sr_batch, "aug_max_level": trained_top}
   phases = []
   for st in steps:
     rec = records.get(st.name, {})
