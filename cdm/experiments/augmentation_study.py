@@ -242,10 +242,9 @@ def sweep_levels(scale: str, aug_max_level=None, aug_levels=(), truncated_levels
   trunc = [int(x) for x in truncated_levels] or list(p.get("truncated_levels", ()))
   if aug_max_level is not None:
     too_high = [s for s in levels + trunc if s > aug_max_level]
-    if aug_levels or truncated_levels:
-      if too_high:
-        raise ValueError(f"levels {too_high} exceed --aug_max_level={aug_max_level}: the "
-                         "augmented SR model never sees them in training.")
+    if too_high and (aug_levels or truncated_levels):  # given explicitly: an error, not a trim
+      raise ValueError(f"levels {too_high} exceed --aug_max_level={aug_max_level}: the "
+                       "augmented SR model never sees them in training.")
     levels = [s for s in levels if s <= aug_max_level]
     trunc = [s for s in trunc if s <= aug_max_level]
   tup = lambda xs: "(" + "".join(f"{x}," for x in xs) + ")"
