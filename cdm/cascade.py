@@ -13,7 +13,6 @@ Outputs in ``workdir/samples``: ``<stage>.npz`` (uint8 ``images`` + ``labels``) 
 
 from __future__ import annotations
 
-
 import jax
 import ml_collections
 import numpy as np
@@ -116,7 +115,10 @@ class Cascade:
       raise ValueError(f"cascade config: order names {missing}, not in stages "
                        f"{list(config.stages.keys())}.")
     self.mesh = mesh or sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}))
-    self._check_chain(params)
+    self._check_chain()
+    for name in self.order[1:]:  # before any checkpoint is loaded
+      if (params or {}).get(name) is None:
+        check_trained_levels(name, config.stages[name], [config.stages[name].aug_level])
     self.samplers, self.params, self.classifier_params = {}, {}, {}
     for i, name in enumerate(self.order):
       entry = config.stages[name]
@@ -135,7 +137,7 @@ class Cascade:
         cp = (params or {}).get(f"{name}/classifier") or load_classifier_params(entry)
         self.classifier_params[name] = jax.device_put(cp, sharding.replicated(self.mesh))
 
-  def _check_chain(self, params=None):
+  def _check_chain(self):
     for prev, name in zip(self.order, self.order[1:]):
       p, c = self.config.stages[prev].config, self.config.stages[name].config
       if c.data.low_res_size != p.data.image_size:
@@ -157,8 +159,6 @@ class Cascade:
                          "'truncated'.")
       if e.aug_form == "truncated" and not e.aug_level:
         raise ValueError(f"stages.{name}: truncated augmentation needs aug_level > 0.")
-      if (params or {}).get(name) is None:
-        check_trained_levels(name, e, [e.aug_level])
 
   def sample_batch(self, key, labels, start_images=None, *, stages=None):
     """Runs the stages on one batch; returns {stage name: float images in [-1, 1]}."""
