@@ -150,19 +150,23 @@ def bench_train(config, *, steps: int = 10, warmup: int = 3, peak: float = 0.0) 
   batch = sharding.host_batch_to_global(synthetic_batch(config, config.train.batch_size),
                                         sharding.batch_sharding(mesh))
   t0 = time.perf_counter()
-  compiled = step_fn.lower(state, batch).compile()
+  lowered = step_fn.lower(state, batch)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   n_dev = mesh.devices.size
   # cost_analysis describes the per-device SPMD program.
   flops = perf.compiled_flops(compiled) * n_dev
-  model_flops = flops
-  if layers.conv_general_dilated_fn(str(config.model.get("conv_impl", "xla"))) is not None:
-    # im2col also multiplies the zero padding: count the model's FLOPs with XLA's convolution
-    # (lowered, unpartitioned program: global FLOPs; within ~1% of the compiled count).
-    xc = _override(config, {"model.conv_impl": "xla"})
+  # MFU counts the model's FLOPs once: from the lowered, unpartitioned program (global FLOPs; on one
+  # device within ~1% of the compiled count), with XLA's convolution and without remat, so neither
+  # im2col's padding zeros, nor remat's recomputed forward, nor the optimizer update every device
+  # repeats on replicated parameters is counted. The compiled count x devices (the work done) is
+  # kept as compiled_flops_per_step.
+  im2col = layers.conv_general_dilated_fn(str(config.model.get("conv_impl", "xla"))) is not None
+  if im2col or bool(config.model.remat):
+    xc = _override(config, {"model.conv_impl": "xla", "model.remat": False})
     xm, xd, xt = train.build(xc)
-    model_flops = perf.compiled_flops(
-        train.make_train_step(xc, xm, xd, xt, mesh, state_sh).lower(state, batch))
+    lowered = train.make_train_step(xc, xm, xd, xt, mesh, state_sh).lower(state, batch)
+  model_flops = perf.compiled_flops(lowered) or flops
   for _ in range(max(warmup, 1)):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(state)

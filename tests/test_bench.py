@@ -51,6 +51,14 @@ def test_bench_writes_json_and_markdown(tmp_path):
   assert "Compiler options (config.xla)" in md
 
 
+def test_mfu_counts_model_flops_not_remat_recompute():
+  plain = bench.bench_train(small(), steps=1, warmup=1)
+  remat = bench.bench_train(small(**{"model.remat": True}), steps=1, warmup=1)
+  # remat recomputes the forward: more work compiled, the same model FLOPs for MFU.
+  assert remat["compiled_flops_per_step"] > 1.05 * plain["compiled_flops_per_step"]
+  np.testing.assert_allclose(remat["flops_per_step"], plain["flops_per_step"], rtol=0.02)
+
+
 def test_measured_cpu_peak_uses_every_host_device():
   m = perf.measured_cpu_peak(n=128, repeats=2)
   assert m["matmul_1dev_flops"] > 0 and m["matmul_alldev_flops"] > 0
