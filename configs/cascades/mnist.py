@@ -20,4 +20,6 @@ def get_config(variant: str = ""):
   if variant == "tiny":
     c.num_samples, c.batch_size = 8, 8
     c.eval.classifier_steps = c.eval.cas_steps = 20
+    for entry in c.stages.values():
+      entry.num_steps = 4  # as the stages' own tiny sample.num_steps: t = 0, 333, 666, 999
   return c
