@@ -14,7 +14,7 @@ one command. In one process it:
    Adam, EMA, compiled once) and the same step in torch eager (``q_sample`` of Ho et al. 2020
    eq. 4, the eps MSE, backward, global-norm clipping, Adam, EMA), in both torch memory formats
    (contiguous NCHW and ``channels_last``);
-3. divides the model FLOPs of one step (XLA's cost analysis of cdm's compiled step, the same
+3. divides the model FLOPs of one step (XLA's cost analysis of cdm's lowered step, the same
    number ``cdm.bench`` reports) by each median step time and by the float32 matmul peak measured
    in the same run (``cdm.perf.measured_cpu_peak``, and torch's own matmul for comparison).
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 import time
 
 from absl import app, flags
@@ -53,7 +52,7 @@ def build_torch_unet(config):
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
-  from cdm.models import unet as unet_lib  # pylint: disable=g-import-not-at-top
+  from cdm.models import convert, unet as unet_lib  # pylint: disable=g-import-not-at-top
 
   u = unet_lib.create_model(config)
   if u.is_super_resolution or u.num_classes is None or u.aug_level_embedding:
@@ -114,8 +113,7 @@ def build_torch_unet(config):
       return x
 
   widths, attn_ds = u.level_channels(), u.attention_ds(warn=False)
-  heads = lambda c, dec: (c // u.num_head_channels if u.num_head_channels != -1
-                          else u._heads(dec))  # pylint: disable=protected-access
+  heads = lambda c, dec: convert._attention_heads(u, c, dec)  # pylint: disable=protected-access
 
   class UNet(nn.Module):
     def __init__(self):
@@ -200,6 +198,7 @@ def time_torch_train(config, torch_model, *, steps: int, warmup: int,
   """Median time of one eager train step: q_sample, eps MSE, backward, clip, Adam, EMA."""
   import copy  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+  from cdm import bench  # pylint: disable=g-import-not-at-top
   from cdm.diffusion import gaussian  # pylint: disable=g-import-not-at-top
 
   model = copy.deepcopy(torch_model).train()
@@ -234,12 +233,8 @@ def time_torch_train(config, torch_model, *, steps: int, warmup: int,
 
   for _ in range(max(warmup, 1)):
     step()
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t0)
-  return {"step_s": statistics.median(times), "step_times_s": times,
+  step_s, times = bench._median_time(step, steps)  # pylint: disable=protected-access
+  return {"step_s": step_s, "step_times_s": times,
           "memory_format": "channels_last" if channels_last else "contiguous"}
 
 
